@@ -1,0 +1,35 @@
+# Two entry points that work on a fresh Linux machine with Python 3.11, gcc and make:
+#   make run   -- set up .venv and run the main job
+#   make test  -- set up .venv with the test extras and run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Everything installs from package registries; nothing is downloaded at run or test time.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test install install-test bench clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+install: $(VENV)/bin/activate
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e .
+
+install-test: $(VENV)/bin/activate
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[test]"
+
+run: install
+	$(PY) -m llm demo
+
+test: install-test
+	$(PY) -m pytest -q tests
+
+bench: install-test
+	$(PY) benchmarks/bench_decode.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,17 @@
+"""llm: a GPT-2 engine with a pure-PyTorch reference and Triton / C++ / CUDA fast paths."""
+
+from .config import PRESETS, GPTConfig
+from .model import GPT
+from .ops import BackendUnavailableError, available_backends, get_ops
+from .tokenizer import get_tokenizer
+
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "PRESETS",
+    "BackendUnavailableError",
+    "available_backends",
+    "get_ops",
+    "get_tokenizer",
+]
+__version__ = "0.1.0"

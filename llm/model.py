@@ -1,0 +1,303 @@
+"""GPT-2, exactly: learned positions, pre-LayerNorm blocks, GELU (tanh), tied lm_head.
+
+Parameter names are GPT-2's / Hugging Face's (`transformer.h.0.attn.c_attn.weight`, ...), so
+weights map by name; linear weights are stored [out, in] (HF's Conv1D stores [in, out]; the
+loader transposes). All layernorm, attention and MLP math goes through the op table of the
+backend the model was built with (`llm/ops.py`); this file never imports a kernel.
+
+Decoding follows gpt-fast: `setup_caches` preallocates a static KV cache, `prefill` runs the
+prompt in one forward, `decode_one_token` runs one position; shapes never change between
+steps, so the step can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+from .ops import IGNORE_INDEX, OpTable, get_ops
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, ndim: int, eps: float, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+        self.ops: OpTable | None = None
+
+    def forward(self, x):
+        return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class KVCache(nn.Module):
+    """Static K and V buffers [B, nh, S, hs], written at the positions being computed."""
+
+    def __init__(self, batch_size, n_head, max_seq_len, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_head, max_seq_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos, k, v):
+        # input_pos: (T,) cache slots; k, v: (B, nh, T, hs)
+        self.k_cache.index_copy_(2, input_pos, k)
+        self.v_cache.index_copy_(2, input_pos, v)
+        return self.k_cache, self.v_cache
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_pdrop = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.kv_cache: KVCache | None = None
+        self.ops: OpTable | None = None
+
+    def forward(self, x, key_padding_mask=None, input_pos=None, key_valid=None):
+        B, T, C = x.shape
+        qkv = self.ops.linear(x, self.c_attn.weight, self.c_attn.bias)  # (B, T, 3C)
+        q, k, v = qkv.split(C, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if input_pos is None:
+            dropout_p = self.attn_pdrop if self.training else 0.0
+            y = self.ops.attention(q, k, v, key_padding_mask, dropout_p)  # (B, nh, T, hs)
+        else:
+            k_cache, v_cache = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs)
+            y = self.ops.cached_attention(q, k_cache, v_cache, input_pos, key_valid)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.ops.linear(y, self.c_proj.weight, self.c_proj.bias))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.inner_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.inner_dim, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.ops: OpTable | None = None
+
+    def forward(self, x):
+        y = self.ops.mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
+        return self.dropout(y)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, key_padding_mask=None, input_pos=None, key_valid=None):
+        x = x + self.attn(self.ln_1(x), key_padding_mask, input_pos, key_valid)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    """GPT-2 language model.
+
+    `GPT(config, backend="torch")`; backend is one of `llm.ops.available_backends()`
+    ('torch', 'triton', 'native', 'auto'), default $LLM_BACKEND or 'torch'.
+    """
+
+    def __init__(self, config: GPTConfig, backend: str | None = None):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.n_positions, config.n_embd),
+                drop=nn.Dropout(config.embd_pdrop),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.set_backend(backend)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # -- backend ---------------------------------------------------------------------------
+    def set_backend(self, backend: str | None) -> "GPT":
+        """Route every op through `backend`'s op table (see `llm.ops.get_ops`)."""
+        self.ops = get_ops(backend)
+        self.backend = self.ops.name
+        for m in self.modules():
+            if hasattr(m, "ops") and m is not self:
+                m.ops = self.ops
+        return self
+
+    # -- checks ----------------------------------------------------------------------------
+    def _check_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if not isinstance(input_ids, torch.Tensor):
+            input_ids = torch.as_tensor(input_ids)
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape [B, T], got {tuple(input_ids.shape)}")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty (T = 0)")
+        if input_ids.shape[1] > self.config.n_positions:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds n_positions={self.config.n_positions}"
+            )
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})"
+            )
+        return input_ids.long()
+
+    @staticmethod
+    def _check_attention_mask(attention_mask, input_ids):
+        if attention_mask is None:
+            return None
+        attention_mask = torch.as_tensor(attention_mask, device=input_ids.device)
+        if attention_mask.dim() == 1:
+            attention_mask = attention_mask[None]
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                f"input_ids shape {tuple(input_ids.shape)}"
+            )
+        if attention_mask.dtype != torch.bool:
+            if ((attention_mask != 0) & (attention_mask != 1)).any():
+                raise ValueError("attention_mask must hold only 0 and 1")
+            attention_mask = attention_mask.bool()
+        return attention_mask
+
+    # -- forward ---------------------------------------------------------------------------
+    @staticmethod
+    def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+        """Positions counting only real tokens, so a left-padded row starts at 0."""
+        return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None,
+                      input_pos=None, key_valid=None):
+        """Final-layernormed hidden states [B, T, C]. Inputs are assumed checked."""
+        B, T = input_ids.shape
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = self.position_ids_from_mask(attention_mask)
+            else:
+                position_ids = torch.arange(T, device=input_ids.device)[None]
+        x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, attention_mask, input_pos, key_valid)
+        return self.transformer.ln_f(x)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        """Logits [B, T, vocab]. attention_mask [B, T] (1 real, 0 padding) allows left padding."""
+        input_ids = self._check_input_ids(input_ids)
+        attention_mask = self._check_attention_mask(attention_mask, input_ids)
+        h = self.hidden_states(input_ids, attention_mask, position_ids)
+        return self.ops.linear(h, self.lm_head.weight, None)
+
+    def loss(self, input_ids, targets, attention_mask=None):
+        """Mean next-token cross-entropy; targets [B, T] with IGNORE_INDEX (-100) skipped.
+
+        Goes through `ops.lm_head_loss`, so a backend can fuse the vocabulary projection
+        with the loss and never hold the [B*T, vocab] logits.
+        """
+        input_ids = self._check_input_ids(input_ids)
+        attention_mask = self._check_attention_mask(attention_mask, input_ids)
+        targets = torch.as_tensor(targets, device=input_ids.device).long()
+        if targets.dim() == 1:
+            targets = targets[None]
+        if targets.shape != input_ids.shape:
+            raise ValueError(
+                f"targets shape {tuple(targets.shape)} does not match input_ids shape {tuple(input_ids.shape)}"
+            )
+        h = self.hidden_states(input_ids, attention_mask)
+        C = h.shape[-1]
+        return self.ops.lm_head_loss(h.reshape(-1, C), self.lm_head.weight, targets.reshape(-1), IGNORE_INDEX)
+
+    # -- KV-cache decoding -----------------------------------------------------------------
+    def setup_caches(self, batch_size: int, max_seq_len: int, dtype=None, device=None):
+        """Preallocate a static KV cache of `max_seq_len` slots in every layer."""
+        if max_seq_len > self.config.n_positions:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds n_positions={self.config.n_positions}")
+        p = self.transformer.wte.weight
+        dtype = dtype or p.dtype
+        device = device or p.device
+        c = self.config
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(batch_size, c.n_head, max_seq_len, c.head_dim, dtype, device)
+
+    def clear_caches(self):
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    def forward_cached(self, input_ids, input_pos, position_ids, key_valid=None):
+        """Logits [B, vocab] of the last of `input_ids`, run at cache slots `input_pos`.
+
+        input_ids [B, T]; input_pos [T] cache slots; position_ids [B, T] learned positions;
+        key_valid [B, S] marks the cache slots holding real tokens (None: all).
+        """
+        h = self.hidden_states(input_ids, None, position_ids, input_pos, key_valid)
+        return self.ops.linear(h[:, -1], self.lm_head.weight, None)
+
+    def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
+        return self.forward_cached(input_ids, input_pos, position_ids, key_valid)
+
+    def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
+        """token [B, 1] at cache slot input_pos [1] -> logits [B, vocab]."""
+        return self.forward_cached(token, input_pos, position_ids, key_valid)
+
+    # -- generation and weights (defined in their own files) -------------------------------
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        """See `llm.generation.generate`."""
+        from .generation import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, backend: str | None = None, dtype=None,
+                        device=None) -> "GPT":
+        """Load a Hugging Face GPT-2 folder or hub name. See `llm.weights.load_pretrained`."""
+        from .weights import load_pretrained
+
+        return load_pretrained(path, backend=backend, dtype=dtype, device=device)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
+        from .weights import save_pretrained
+
+        save_pretrained(self, path)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+        return n
