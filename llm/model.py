@@ -17,7 +17,6 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import GPTConfig
 from .ops import IGNORE_INDEX, OpTable, get_ops
@@ -128,6 +127,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self._decoder = None  # a backend's whole-model decoder, while generating
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -251,11 +251,16 @@ class GPT(nn.Module):
         p = self.transformer.wte.weight
         dtype = dtype or p.dtype
         device = device or p.device
+        self._decoder = None
+        if self.ops.make_decoder is not None:
+            self._decoder = self.ops.make_decoder(self, batch_size, max_seq_len)
+            return
         c = self.config
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(batch_size, c.n_head, max_seq_len, c.head_dim, dtype, device)
 
     def clear_caches(self):
+        self._decoder = None
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
@@ -269,10 +274,14 @@ class GPT(nn.Module):
         return self.ops.linear(h[:, -1], self.lm_head.weight, None)
 
     def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
+        if self._decoder is not None:
+            return self._decoder.prefill(input_ids, input_pos, position_ids, key_valid)
         return self.forward_cached(input_ids, input_pos, position_ids, key_valid)
 
     def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
         """token [B, 1] at cache slot input_pos [1] -> logits [B, vocab]."""
+        if self._decoder is not None:
+            return self._decoder.decode_one_token(token, input_pos, position_ids, key_valid)
         return self.forward_cached(token, input_pos, position_ids, key_valid)
 
     # -- generation and weights (defined in their own files) -------------------------------

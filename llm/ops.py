@@ -16,6 +16,7 @@ Shapes (B batch, T tokens, C channels, nh heads, hs head size, S cache length):
       query i sits at cache slot q_pos[i] and sees slots <= q_pos[i] that are valid.
   lm_head_loss(h[N, C], weight[V, C], targets[N] long, ignore_index) -> scalar
       mean cross-entropy of h @ weight.T over targets != ignore_index.
+A backend may also provide `make_decoder` (see OpTable) to run generation its own way.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class OpTable:
     attention: Callable
     cached_attention: Callable
     lm_head_loss: Callable
+    # Optional whole-model decoder for generation: make_decoder(model, batch_size,
+    # max_seq_len) -> object with prefill(...) and decode_one_token(...) of the same
+    # signatures as GPT's (e.g. the native backend's C++ object owning packed weights and
+    # the KV cache). None: generation runs the modules above with a torch KV cache.
+    make_decoder: Callable | None = None
 
     def replace(self, **ops) -> "OpTable":
         """A copy with some ops swapped: how a backend fills what it lacks from another."""
