@@ -131,8 +131,13 @@ _BACKEND_MODULES: dict[str, str] = {
     "native": "llm.native_ops",
 }
 _LOADERS: dict[str, Callable[[], OpTable]] = {"torch": lambda: TORCH_OPS}
-# The order `auto` tries, best first.
-AUTO_ORDER = ("triton", "native", "torch")
+
+
+def auto_order() -> tuple[str, ...]:
+    """The backends `auto` tries, best first: Triton only where there is a CUDA device."""
+    if torch.cuda.is_available():
+        return ("triton", "native", "torch")
+    return ("native", "torch")
 
 
 def register_backend(name: str, loader: Callable[[], OpTable]) -> None:
@@ -159,7 +164,7 @@ def _load(name: str) -> OpTable:
 def get_ops(name: str | None = None) -> OpTable:
     """The op table of backend `name` (default: $LLM_BACKEND, else 'torch').
 
-    'auto' takes the first of AUTO_ORDER that can run here. An explicit backend that
+    'auto' takes the first of `auto_order()` that can run here. An explicit backend that
     cannot run raises BackendUnavailableError saying why.
     """
     if name is None:
@@ -168,7 +173,7 @@ def get_ops(name: str | None = None) -> OpTable:
         raise ValueError(f"unknown backend {name!r}; valid backends: {available_backends()}")
     if name != "auto":
         return _load(name)
-    for candidate in AUTO_ORDER:
+    for candidate in auto_order():
         try:
             return _load(candidate)
         except BackendUnavailableError:
