@@ -114,7 +114,7 @@ class GPTConfig:
         for k in ("bos_token_id", "eos_token_id"):
             if kwargs.get(k) is None or isinstance(kwargs.get(k), list):
                 kwargs.pop(k, None)
-        extra = {k: v for k, v in d.items() if k not in known and k not in ("n_ctx",)}
+        extra = {k: v for k, v in d.items() if k not in known and k not in _WRITTEN_BY_TO_HF}
         return cls(**kwargs, extra=extra)
 
     @classmethod
@@ -138,6 +138,12 @@ class GPTConfig:
         tmp.write_text(json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
 
+
+# Keys `to_hf_dict` always writes itself (fixed by the architecture).
+_WRITTEN_BY_TO_HF = {
+    "architectures", "model_type", "activation_function", "n_ctx", "scale_attn_weights",
+    "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "tie_word_embeddings",
+}
 
 PRESETS: dict[str, GPTConfig] = {
     "gpt2": GPTConfig(n_embd=768, n_layer=12, n_head=12),

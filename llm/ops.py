@@ -107,7 +107,9 @@ def cached_attention(q, k_cache, v_cache, q_pos, key_valid=None):
 
 
 def lm_head_loss(h, weight, targets, ignore_index=IGNORE_INDEX):
-    logits = F.linear(h, weight).float()
+    logits = F.linear(h, weight)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # the softmax over the vocabulary in fp32
     return F.cross_entropy(logits, targets, ignore_index=ignore_index)
 
 

@@ -1,0 +1,139 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llm import GPT, GPTConfig
+
+from helpers import TINY_ODD, hf_checkpoint
+
+
+def test_hf_to_llm_to_hf_round_trip(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    folder, hf = hf_checkpoint(tmp_path, **TINY_ODD)
+    model = GPT.from_pretrained(folder)
+    model.save_pretrained(tmp_path / "ours")
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
+    x = torch.randint(0, 1003, (2, 17))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).logits, hf(x).logits, rtol=0, atol=0)
+        torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_llm_to_hf_round_trip_identical_logits(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    model = GPT(GPTConfig(**TINY_ODD)).eval()
+    model.save_pretrained(tmp_path / "m")
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "m").eval()
+    again = GPT.from_pretrained(tmp_path / "m")
+    x = torch.randint(0, 1003, (3, 21))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_pytorch_model_bin_loads_weights_only(tmp_path):
+    folder, hf = hf_checkpoint(tmp_path, **TINY_ODD)
+    sd = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(sd, folder / "pytorch_model.bin")
+    model = GPT.from_pretrained(folder)
+    x = torch.randint(0, 1003, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_keys_without_transformer_prefix(tmp_path):
+    """The original GPT-2 checkpoints name tensors 'h.0.attn...' with no prefix."""
+    folder, hf = hf_checkpoint(tmp_path, **TINY_ODD)
+    sd = load_file(folder / "model.safetensors")
+    save_file({k.removeprefix("transformer."): v for k, v in sd.items()}, folder / "model.safetensors")
+    model = GPT.from_pretrained(folder)
+    x = torch.randint(0, 1003, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_dtype_argument(tmp_path):
+    folder, _ = hf_checkpoint(tmp_path, **TINY_ODD)
+    model = GPT.from_pretrained(folder, dtype=torch.bfloat16)
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    assert model(torch.zeros(1, 4, dtype=torch.long)).dtype == torch.bfloat16
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        GPT.from_pretrained(tmp_path / "nope")
+
+
+def test_missing_weights_file(tmp_path):
+    folder, _ = hf_checkpoint(tmp_path, **TINY_ODD)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        GPT.from_pretrained(folder)
+
+
+def test_uncached_hub_name_offline_says_how(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="local folder"):
+        GPT.from_pretrained("gpt2-xl")
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    folder, _ = hf_checkpoint(tmp_path, **TINY_ODD)
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        GPT.from_pretrained(folder)
+
+
+def test_garbage_pytorch_bin_names_the_file(tmp_path):
+    folder, _ = hf_checkpoint(tmp_path, **TINY_ODD)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="pytorch_model.bin"):
+        GPT.from_pretrained(folder)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    folder, _ = hf_checkpoint(tmp_path, **TINY_ODD)
+    sd = load_file(folder / "model.safetensors")
+    del sd["transformer.h.1.mlp.c_fc.bias"]
+    save_file(sd, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors.*missing tensor 'transformer\.h\.1\.mlp\.c_fc\.bias'"):
+        GPT.from_pretrained(folder)
+
+
+def test_shape_mismatch_names_tensor_and_both_shapes(tmp_path):
+    folder, _ = hf_checkpoint(tmp_path, **TINY_ODD)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["n_embd"] = 48  # the weights are 96 wide
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as e:
+        GPT.from_pretrained(folder)
+    msg = str(e.value)
+    assert "model.safetensors" in msg and "transformer.wte.weight" in msg
+    assert "(1003, 96)" in msg and "(1003, 48)" in msg
+
+
+def test_unsupported_config_is_refused(tmp_path):
+    folder, _ = hf_checkpoint(tmp_path, **TINY_ODD)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["activation_function"] = "relu"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="activation_function"):
+        GPT.from_pretrained(folder)
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    model = GPT(GPTConfig(**TINY_ODD))
+    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")  # overwrite in place
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors"]
