@@ -5,7 +5,7 @@ English prose about programming: module, class and function docstrings, and the 
 reference topics that `help()` shows (`pydoc_data.topics`). `build_corpus` reads them with
 `ast` (no module is imported or run), in sorted file order, and writes them once to a
 `.jsonl` file (one document per module, one per reference topic) in the cache folder; later
-calls reuse that file. About 2 MB of text (~0.5M tokens) for CPython 3.11; the exact text
+calls reuse that file. About 2.3 MB of text (~0.5M tokens) for CPython 3.11; the exact text
 depends on the Python version, which is part of the file name. No network is involved.
 """
 
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 # Folders of the standard library that hold tests, demos or third-party packages.
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3",
              "turtledemo", "ensurepip", "pydoc_data", "__pycache__", "config-3"}
@@ -108,7 +108,7 @@ def reference_topics(root: Path) -> list[tuple[str, str]]:
 
 def harvest_documents(root: str | os.PathLike | None = None,
                       max_bytes: int | None = None) -> Iterator[str]:
-    """The corpus documents in order: every module, then every reference topic.
+    """The corpus documents in order: the modules, with a reference topic after every few.
 
     Stops after the document that brings the total past `max_bytes` (UTF-8), if given.
     """
@@ -116,10 +116,16 @@ def harvest_documents(root: str | os.PathLike | None = None,
     total = 0
 
     def documents():
-        for path in stdlib_files(root):
+        # Reference topics are spread evenly between the modules, so any contiguous part
+        # of the corpus (a validation split is the tail) holds both kinds of text.
+        files, topics = stdlib_files(root), reference_topics(root)
+        after = {}  # file index -> the topics that follow it
+        for j, topic in enumerate(topics):
+            after.setdefault((j + 1) * len(files) // (len(topics) + 1), []).append(topic)
+        for i, path in enumerate(files):
+            for topic, text in after.get(i, []):
+                yield f"The Python language reference: {topic}\n\n{text.strip()}"
             yield module_document(path, root)
-        for topic, text in reference_topics(root):
-            yield f"The Python language reference: {topic}\n\n{text.strip()}"
 
     for doc in documents():
         if not doc:

@@ -344,6 +344,8 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
     train_ds, val_ds = _datasets(tokens, cfg)
 
     device = cfg.device
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA device is available here")
     torch.manual_seed(cfg.seed)
     model = GPT(model_config, backend=backend).to(device)
     use_fused = torch.device(device).type == "cuda"
@@ -394,7 +396,7 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
 
     def finish_plot():
         write_loss_plot(out_dir / "loss.png", history["train"], history["val"],
-                        f"{model_config.n_layer} layers x {model_config.n_embd}, {tokens.source}")
+                        f"{model_config.n_layer} layers x {model_config.n_embd}, {Path(tokens.source).name}")
 
     def rate() -> float:
         return (step - start_step) * tokens_per_step / max(time.perf_counter() - t_start, 1e-9)
