@@ -4,8 +4,9 @@ For each model shape (the `small` preset, the gpt2 124M shape) and precision (fp
 autocast) it builds `llm.GPT` with each requested backend and an eager PyTorch GPT-2
 written below the nanoGPT way (nn.Linear, SDPA, logits then F.cross_entropy), both holding
 the same weights, and times full training steps: forward + loss, backward, gradient
-clipping, AdamW with decay groups. The implementations are interleaved round by round, so
-a swing in machine speed hits all alike; the median step is reported as tokens/s.
+clipping, AdamW with decay groups. The implementations are interleaved round by round, in
+alternating order, so a swing in machine speed hits all alike; the median step is reported
+as tokens/s.
 
 Peak memory is what a step adds on top of the process: on CUDA `max_memory_allocated`
 minus the memory allocated before the model was built; on CPU the peak resident set
@@ -205,8 +206,9 @@ def bench_shape(shape, dtype, backends, rounds, steps, device):
             continue
         impls[name], peaks[name] = step, mem.peak
     times = {name: [] for name in impls}
-    for _ in range(rounds):
-        for name, step in impls.items():
+    for r in range(rounds):
+        order = list(impls.items())
+        for name, step in (order if r % 2 == 0 else order[::-1]):  # ABBA: drift hits both alike
             sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
