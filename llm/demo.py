@@ -62,9 +62,10 @@ def run_demo(args) -> int:
     result = train(corpus, out, preset=PRESET, steps=steps, batch_size=BATCH_SIZE,
                    context_length=CONTEXT_LENGTH, lr=LR, warmup_steps=max(2, steps // 20),
                    val_fraction=VAL_FRACTION, eval_every=max(1, steps // 4), eval_batches=8,
-                   checkpoint_every=steps, keep_checkpoints=1, overwrite=True, seed=0)
+                   checkpoint_every=steps, keep_checkpoints=1, overwrite=True, seed=0,
+                   max_seconds=budget * 1.25)  # a machine that slows down still finishes
     first, last = result.train_losses[0][1], result.train_losses[-1][1]
-    print(f"trained {result.step} steps in {result.seconds:.0f}s: {result.tokens_per_s:,.0f} training "
+    print(f"trained {result.step} of {steps} steps in {result.seconds:.0f}s: {result.tokens_per_s:,.0f} training "
           f"tokens/s; train loss {first:.2f} -> {last:.2f}; saved to {out} (loss curve: {out / 'loss.png'})")
 
     model = GPT.from_pretrained(out)

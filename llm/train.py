@@ -59,6 +59,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # None: eval_every
     keep_checkpoints: int = 3
     seed: int = 1337
+    max_seconds: float | None = None  # stop (and save) at the first step boundary after this
     dtype: str = "float32"  # "bfloat16": autocast (weights and optimizer stay float32)
     device: str = "cpu"
 
@@ -85,6 +86,8 @@ class TrainConfig:
             raise ValueError("beta1 and beta2 must be in [0, 1)")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -104,7 +107,7 @@ class TrainConfig:
 
 # Settings that may differ when a run is resumed: they do not change its losses.
 RESUME_MAY_CHANGE = {"steps", "device", "eval_every", "eval_batches", "checkpoint_every",
-                     "keep_checkpoints"}
+                     "keep_checkpoints", "max_seconds"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -300,6 +303,9 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
     already holds checkpoints is an error unless `overwrite=True`. `callback(step, loss)`
     runs after every optimizer step.
 
+    With `max_seconds` the run stops at the first step boundary after that many seconds,
+    saving a checkpoint and the model as at the end (a resume continues it).
+
     Raises NonFiniteLossError on a NaN/inf loss (the last good checkpoint is kept) and
     TrainingInterrupted on Ctrl-C (after saving a checkpoint).
     """
@@ -309,7 +315,7 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
                         f"{[f.name for f in dataclasses.fields(TrainConfig)]}")
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    state, state_path = None, None
+    state, state_path, stale = None, None, []
     if resume:
         state, state_path = _resume_state(ckpt_dir)
         model_config = GPTConfig.from_hf_dict(state["model_config"], source=str(state_path))
@@ -317,7 +323,7 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
             wanted = _model_config(preset, config)
             if wanted.to_hf_dict() != model_config.to_hf_dict():
                 raise ValueError(f"the model asked for differs from the one in {state_path}")
-        saved = TrainConfig(**state["train_config"])
+        saved = TrainConfig(**{**state["train_config"], "max_seconds": None})  # per invocation
         for k, v in settings.items():
             if k not in RESUME_MAY_CHANGE and v is not None and v != getattr(saved, k):
                 raise ValueError(f"cannot resume with {k}={v!r}: {state_path} was trained with "
@@ -328,8 +334,7 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
             if not overwrite:
                 raise ValueError(f"{ckpt_dir} already holds checkpoints: resume the run, or "
                                  f"overwrite it, or choose another output folder")
-            for _, p in list_checkpoints(ckpt_dir):
-                p.unlink()
+            stale = [p for _, p in list_checkpoints(ckpt_dir)]  # deleted once the run can start
         model_config = _model_config(preset, config)
         cfg = TrainConfig(**{k: v for k, v in settings.items() if v is not None})
     cfg = cfg.resolved(model_config.n_positions)
@@ -379,6 +384,8 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
         return path
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for p in stale:
+        p.unlink(missing_ok=True)
     log = _logger(progress)
     T, B, K = cfg.context_length, cfg.batch_size, cfg.grad_accum
     tokens_per_step = B * K * T
@@ -445,6 +452,11 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
                 if stop.requested:
                     path = checkpoint(rng_at_step_start) if saved_step != step else last_ckpt
                     raise TrainingInterrupted(step, path)
+                if cfg.max_seconds is not None and time.perf_counter() - t_start >= cfg.max_seconds:
+                    if step < cfg.steps:
+                        log(f"time limit of {cfg.max_seconds:g}s reached at step {step} of "
+                            f"{cfg.steps}; resume continues the run")
+                    break
     except TrainingInterrupted:
         bar.close()
         finish_plot()
@@ -464,6 +476,8 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
     bar.close()
     seconds = time.perf_counter() - t_start
     tok_s = rate()
+    if val_ds is not None and (not history["val"] or history["val"][-1][0] != step):
+        history["val"].append((step, evaluate(model, val_ds, B, cfg.eval_batches, device, cfg.dtype)))
     if saved_step != step:
         checkpoint(rng_at_step_start)
     model.save_pretrained(out_dir)

@@ -28,6 +28,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop and save at the first step boundary after this many seconds")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="bfloat16: autocast; weights and optimizer stay float32")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
@@ -46,7 +48,7 @@ def cmd_train(args) -> int:
                     grad_clip=args.grad_clip, context_length=args.context_length, stride=args.stride,
                     val_fraction=args.val_fraction, eval_every=args.eval_every, eval_batches=args.eval_batches,
                     checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
-                    seed=args.seed, dtype=args.dtype, device=args.device)
+                    seed=args.seed, max_seconds=args.max_seconds, dtype=args.dtype, device=args.device)
     try:
         result = train(args.data, args.out, preset=args.preset, config=args.config,
                        backend=args.backend, resume=args.resume, overwrite=args.overwrite,

@@ -145,6 +145,15 @@ def test_checkpoint_is_weights_only_and_holds_the_run(corpus, tmp_path):
     assert isinstance(state["rng"]["torch"], torch.Tensor)
 
 
+def test_time_limit_stops_saves_and_resumes(corpus, tmp_path):
+    cut = train(corpus, tmp_path, config=TINY, progress=False, max_seconds=1e-9, **{**FAST, "steps": 3})
+    assert cut.step == 1 and [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [1]
+    assert GPT.from_pretrained(tmp_path).config.n_embd == TINY.n_embd
+    assert [s for s, _ in cut.val_losses] == [1]  # evaluated where it stopped
+    done = train(corpus, tmp_path, resume=True, progress=False)
+    assert done.step == 3 and len(done.train_losses) == 3
+
+
 def test_corrupt_or_missing_checkpoint_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(corpus, tmp_path, resume=True, progress=False)
@@ -156,6 +165,13 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(ValueError, match="already holds checkpoints"):  # never silently from scratch
         train(corpus, tmp_path, config=TINY, progress=False, **FAST)
     assert main(["train", "--data", str(corpus), "--out", str(tmp_path), "--resume"]) == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="holds no text"):  # a failed start keeps the old run
+        train(empty, tmp_path, config=TINY, overwrite=True, progress=False, **FAST)
+    assert len(list_checkpoints(tmp_path / "checkpoints")) == 2
+    train(corpus, tmp_path, config=TINY, overwrite=True, progress=False, **{**FAST, "steps": 1})
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [1]
 
 
 def test_resume_refuses_other_settings_or_data(corpus, tmp_path):
