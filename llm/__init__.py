@@ -4,6 +4,7 @@ from .config import PRESETS, GPTConfig
 from .model import GPT
 from .ops import BackendUnavailableError, available_backends, get_ops
 from .tokenizer import get_tokenizer
+from .train import train
 
 __all__ = [
     "GPT",
@@ -13,5 +14,6 @@ __all__ = [
     "available_backends",
     "get_ops",
     "get_tokenizer",
+    "train",
 ]
 __version__ = "0.1.0"

@@ -100,7 +100,19 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
-COMMANDS = [_add_generate, _add_demo]
+def _add_train(sub):
+    from .train_cli import add_train_parser
+
+    add_train_parser(sub)
+
+
+def _add_eval(sub):
+    from .train_cli import add_eval_parser
+
+    add_eval_parser(sub)
+
+
+COMMANDS = [_add_generate, _add_demo, _add_train, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,130 @@
+"""Training checkpoints: written atomically, read with `weights_only=True`.
+
+A checkpoint is one `torch.save` file `ckpt-<step>.pt` holding only tensors and plain
+Python values (dicts, lists, numbers, strings), so `torch.load(weights_only=True)` reads it
+and no pickle ever runs code. It is written to a temporary file in the same folder,
+fsynced, then renamed over its name (and the folder fsynced): a crash mid-write leaves a
+stray temporary file and the previous checkpoints untouched, never a half-written
+`ckpt-*.pt`. The newest `keep` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = "llm-train-checkpoint"
+CHECKPOINT_VERSION = 1
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not one of ours."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of the checkpoints in `folder`, oldest first; temporary files excluded."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _NAME.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. some network file systems)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write `state` to `path` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint with weights_only=True; a clear CheckpointError when it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, disallowed global
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of this package")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {state.get('version')!r}, this package reads {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints, and stray temporary files."""
+    folder = Path(folder)
+    for _, p in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        p.unlink(missing_ok=True)
+    for p in folder.glob(".ckpt-*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+# -- random number generator states, as tensors and plain values -------------------------
+
+
+def rng_state() -> dict:
+    """The states of torch (CPU and CUDA), Python's and NumPy's global generators."""
+    version, mt, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+        "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
+                  int(np_has_gauss), float(np_gauss)],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
