@@ -6,8 +6,9 @@
 # of exponentials per lane (online softmax) and gives logsumexp, hence the row's loss
 # lse - logit[target]; pass 2 (when gradients are wanted) overwrites the logits in place
 # with d loss / d logits = (softmax - onehot(target)) / n_valid (zero for ignored rows).
-# The chunk's contribution to dh (= dlogits @ W) and dW (+= dlogits^T @ h_chunk, fp32
-# accumulator) is taken at once, and the chunk's logits are dropped. Since the loss is a
+# The chunk's contribution to dh (= dlogits @ W) and dW (+= dlogits^T @ h_chunk) is taken
+# at once into fp32 buffers (for fp16/bf16 by the Triton matmul of mlp.py, which writes
+# and accumulates fp32), and the chunk's logits are dropped. Since the loss is a
 # scalar, the backward only scales the stored dh and dW by the incoming gradient. Peak
 # extra memory is one [R, V] chunk instead of the [N, V] logits (and their fp32 copy and
 # gradient in the unfused path); R is chosen so a chunk is about the size of h.
@@ -24,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ._common import LaunchConfig, check_device, check_float, device_class, next_pow2
+from .mlp import matmul
 
 _CE = {
     "interp": LaunchConfig({"BLOCK_V": 1024}),
@@ -60,7 +62,7 @@ def _cross_entropy_kernel(Logits, Targets, Loss, NValid, stride_row, V, ignore_i
     x_t = tl.load(base + safe_target).to(tl.float32)
     tl.store(Loss + row, tl.where(valid, lse - x_t, 0.0))
     if COMPUTE_GRAD:
-        scale = tl.where(valid, 1.0 / tl.load(NValid).to(tl.float32), 0.0)
+        scale = tl.where(valid, 1.0 / tl.maximum(tl.load(NValid).to(tl.float32), 1.0), 0.0)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
             mask = idx < V
@@ -95,7 +97,8 @@ def chunk_rows(N: int, V: int, C: int) -> int:
 
 def lm_head_loss_fwd(h, weight, targets, ignore_index=-100, compute_grad=True, chunk=None):
     """(loss, dh, dweight) of mean cross-entropy of h[N, C] @ weight[V, C]^T against
-    targets[N]; dh and dweight are the gradients of the loss (empty without compute_grad)."""
+    targets[N]; dh and dweight are the fp32 gradients of the loss (empty without
+    compute_grad)."""
     check_float("lm_head_loss: h", h)
     check_device("lm_head_loss", h, weight, targets)
     if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
@@ -114,8 +117,8 @@ def lm_head_loss_fwd(h, weight, targets, ignore_index=-100, compute_grad=True, c
     targets = targets.contiguous()
     h = h.contiguous()
     loss_rows = torch.empty(N, dtype=torch.float32, device=h.device)
-    dh = torch.empty_like(h) if compute_grad else h.new_empty(0)
-    dw32 = torch.zeros((V, C), dtype=torch.float32, device=h.device) if compute_grad else None
+    dh = torch.empty((N, C), dtype=torch.float32, device=h.device) if compute_grad else h.new_empty(0)
+    dw = torch.zeros((V, C), dtype=torch.float32, device=h.device) if compute_grad else h.new_empty(0)
     R = chunk or chunk_rows(N, V, C)
     for s in range(0, N, R):
         h_c = h[s:s + R]
@@ -123,11 +126,13 @@ def lm_head_loss_fwd(h, weight, targets, ignore_index=-100, compute_grad=True, c
         loss_rows[s:s + R] = cross_entropy_rows(logits, targets[s:s + R], n_valid,
                                                 ignore_index, compute_grad)
         if compute_grad:  # logits now hold d loss / d logits
-            torch.mm(logits, weight, out=dh[s:s + R])
-            dw32 += (logits.t() @ h_c).float()
+            if h.dtype == torch.float32:
+                torch.mm(logits, weight, out=dh[s:s + R])
+                dw.addmm_(logits.t(), h_c)
+            else:
+                matmul(logits, weight, out=dh[s:s + R])
+                matmul(logits.t(), h_c, out=dw, accumulate=True)
     loss = loss_rows.sum() / n_valid
-    dw = (dw32.to(weight.dtype) if weight.dtype != torch.float32 else dw32) if compute_grad \
-        else weight.new_empty(0)
     return loss, dh, dw
 
 
@@ -145,7 +150,7 @@ def _lm_head_loss_op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
 def _(h, weight, targets, ignore_index, compute_grad):
     loss = h.new_empty((), dtype=torch.float32)
     if compute_grad:
-        return loss, torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(weight)
+        return loss, h.new_empty(h.shape, dtype=torch.float32), weight.new_empty(weight.shape, dtype=torch.float32)
     return loss, h.new_empty(0), weight.new_empty(0)
 
 
@@ -154,11 +159,13 @@ def _setup_context(ctx, inputs, output):
     if not compute_grad:
         raise RuntimeError("lm_head_loss: backward needs the forward to run with compute_grad=True")
     ctx.save_for_backward(output[1], output[2])
+    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
 
 
 def _backward(ctx, dloss, _ddh, _ddw):
     dh, dw = ctx.saved_tensors
-    return (dh * dloss).to(dh.dtype), (dw * dloss).to(dw.dtype), None, None, None
+    h_dtype, w_dtype = ctx.dtypes
+    return (dh * dloss).to(h_dtype), (dw * dloss).to(w_dtype), None, None, None
 
 
 _lm_head_loss_op.register_autograd(_backward, setup_context=_setup_context)

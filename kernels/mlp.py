@@ -51,15 +51,22 @@ def matmul_configs(dev: str) -> list[LaunchConfig]:
 
 
 @triton.jit
+def _sigmoid_2u(x):
+    # sigmoid(2u) = (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3); exp of a
+    # non-positive argument only, so it never overflows.
+    z = 1.5957691216057308 * (x + 0.044715 * x * x * x)
+    e = tl.exp(-tl.abs(z))
+    return tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
 def _gelu_tanh(x):
-    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    return x / (1.0 + tl.exp(-2.0 * u))
+    return x * _sigmoid_2u(x)
 
 
 @triton.jit
 def _gelu_tanh_grad(x):
-    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    s = 1.0 / (1.0 + tl.exp(-2.0 * u))  # sigmoid(2u) = (1 + tanh(u)) / 2
+    s = _sigmoid_2u(x)
     du = 0.7978845608028654 * (1.0 + 0.134145 * x * x)
     return s + 2.0 * x * s * (1.0 - s) * du
 
@@ -68,7 +75,7 @@ def _gelu_tanh_grad(x):
 def _matmul_kernel(A, B, C, Bias, Aux, Aux2, RowSum, M, N, K,
                    sam, sak, sbk, sbn, scm, scn,
                    HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, STORE_AUX: tl.constexpr,
-                   ROW_SUM: tl.constexpr, IEEE: tl.constexpr,
+                   ROW_SUM: tl.constexpr, ACCUMULATE: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    GROUP_M: tl.constexpr):
     # C[M, N] = epilogue(A[M, K] @ B[K, N]); Aux, Aux2 share C's strides.
@@ -113,6 +120,8 @@ def _matmul_kernel(A, B, C, Bias, Aux, Aux2, RowSum, M, N, K,
         h = tl.load(Aux + c_off, mask=c_mask, other=0.0).to(tl.float32)
         tl.store(Aux2 + c_off, _gelu_tanh(h).to(Aux2.dtype.element_ty), mask=c_mask)
         acc = acc * _gelu_tanh_grad(h)
+    if ACCUMULATE:
+        acc += tl.load(C + c_off, mask=c_mask, other=0.0).to(tl.float32)
     tl.store(C + c_off, acc.to(C.dtype.element_ty), mask=c_mask)
     if ROW_SUM:
         if pid_n == 0:
@@ -126,17 +135,22 @@ def _bucket(n: int) -> int:
     return min(triton.next_power_of_2(max(n, 1)), 8192)
 
 
-def matmul(a, b, bias=None, epilogue=EPI_BIAS, aux=None, aux2=None, row_sum=None, out_dtype=None):
+def matmul(a, b, bias=None, epilogue=EPI_BIAS, aux=None, aux2=None, row_sum=None, out_dtype=None,
+           out=None, accumulate=False):
     """out[M, N] = epilogue(a[M, K] @ b[K, N] (+ bias[N])); see the epilogues above.
 
     epilogue 1 writes the pre-activation to `aux` when given; epilogue 2 reads h from
     `aux` and writes GELU(h) to `aux2`. `row_sum` [M] receives the row sums of a.
+    `out` (any strides) is written in place; with `accumulate`, out += a @ b.
     """
     M, K = a.shape
     K2, N = b.shape
     if K != K2:
         raise ValueError(f"matmul: inner sizes differ ({M}x{K} @ {K2}x{N})")
-    out = torch.empty((M, N), dtype=out_dtype or a.dtype, device=a.device)
+    if out is None:
+        out = torch.empty((M, N), dtype=out_dtype or a.dtype, device=a.device)
+    elif out.shape != (M, N):
+        raise ValueError(f"matmul: out shape {tuple(out.shape)} != ({M}, {N})")
     if M == 0 or N == 0:
         return out
     if K == 0:
@@ -152,9 +166,9 @@ def matmul(a, b, bias=None, epilogue=EPI_BIAS, aux=None, aux2=None, row_sum=None
             M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
             out.stride(0), out.stride(1),
             HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_AUX=aux is not None,
-            ROW_SUM=row_sum is not None, IEEE=ieee, **cfg.kwargs())
+            ROW_SUM=row_sum is not None, ACCUMULATE=accumulate, IEEE=ieee, **cfg.kwargs())
 
-    key = (dev, a.dtype, epilogue, row_sum is not None, _bucket(M), _bucket(N), _bucket(K))
+    key = (dev, a.dtype, out.dtype, epilogue, row_sum is not None, accumulate, _bucket(M), _bucket(N), _bucket(K))
     run(pick_config("matmul", key, matmul_configs(dev), run))
     return out
 
