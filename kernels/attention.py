@@ -39,22 +39,20 @@ MAX_HEAD_DIM = 128
 # the others are tried once per shape class on a GPU.
 _FWD = {
     "interp": [LaunchConfig({"BLOCK_M": 32, "BLOCK_N": 16})],
-    "sm80": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 64}, 4, 3),
+    "sm80": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
              LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3)],
     "sm90": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
              LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 2),
              LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3)],
 }
 _FWD_D128 = {
-    "sm80": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 32}, 8, 2),
-             LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2)],
-    "sm90": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 2),
-             LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2)],
+    "sm80": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 32}, 8, 2)],
+    "sm90": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 2)],
 }
 # Backward: BLOCK_M is the query block, BLOCK_N the key block (both kernels).
 _BWD = {
     "interp": [LaunchConfig({"BLOCK_M": 16, "BLOCK_N": 32})],
-    "sm80": [LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2)],
+    "sm80": [LaunchConfig({"BLOCK_M": 32, "BLOCK_N": 64}, 4, 2)],
     "sm90": [LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 2)],
 }
 _BWD_D128 = {
@@ -167,9 +165,19 @@ def _attn_bwd_preprocess_kernel(O, DO, Delta, T, hs, BLOCK_M: tl.constexpr,
 
 @triton.jit
 def _visible(rows, cols, T, kv, HAS_KVALID: tl.constexpr):
+    # [rows, cols] mask: query rows[i] sees key cols[j]
     vis = (cols[None, :] <= rows[:, None]) & (rows[:, None] < T) & (cols[None, :] < T)
     if HAS_KVALID:
         vis = vis & (kv[None, :] | (cols[None, :] == rows[:, None]))
+    return vis
+
+
+@triton.jit
+def _visible_t(keys, queries, T, kv, HAS_KVALID: tl.constexpr):
+    # the same mask transposed, [keys, queries], built in that layout (no register shuffle)
+    vis = (keys[:, None] <= queries[None, :]) & (queries[None, :] < T) & (keys[:, None] < T)
+    if HAS_KVALID:
+        vis = vis & (kv[:, None] | (keys[:, None] == queries[None, :]))
     return vis
 
 
@@ -208,7 +216,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, KVALID, n_head, T, hs
         lse = tl.load(LSE + bh * T + offs_m, mask=m_ok, other=0.0)
         delta = tl.load(Delta + bh * T + offs_m, mask=m_ok, other=0.0)
         st = _dot(k, qt, IEEE) * qk_scale  # (N, M)
-        vis = tl.trans(_visible(offs_m, offs_n, T, kvalid, HAS_KVALID))
+        vis = _visible_t(offs_n, offs_m, T, kvalid, HAS_KVALID)
         pt = tl.where(vis, tl.exp2(st - lse[None, :]), 0.0)
         dv += _dot(pt.to(do.dtype), do, IEEE)
         dpt = _dot(v, tl.trans(do), IEEE)  # (N, M)

@@ -29,21 +29,29 @@ import triton.language as tl
 
 from ._common import LaunchConfig, check_device, check_float, device_class, pick_config
 
-# Launch table keyed by device class: tiles (BLOCK_M, BLOCK_N, BLOCK_K), warps, stages.
+# Launch table keyed by (device class, epilogue): tiles (BLOCK_M, BLOCK_N, BLOCK_K), warps,
+# stages. The GELU-backward epilogue holds two more tiles (h and GELU(h)), so it gets
+# smaller tiles where the large ones would spill registers.
+def _cfg(m, n, k, warps, stages):
+    return LaunchConfig({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, warps, stages)
+
+
 _MATMUL = {
     "interp": [LaunchConfig({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})],
-    "sm80": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, 4, 4),
-             LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, 4, 4),
-             LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, 4, 3)],
-    "sm90": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, 8, 3),
-             LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, 8, 3),
-             LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, 4, 4)],
+    "sm80": [_cfg(128, 128, 32, 8, 3), _cfg(128, 64, 32, 4, 4), _cfg(64, 64, 32, 4, 3)],
+    "sm90": [_cfg(128, 128, 64, 8, 3), _cfg(64, 128, 64, 4, 4)],
+}
+_MATMUL_GELU_BWD = {
+    "sm80": [_cfg(128, 64, 32, 4, 4), _cfg(64, 64, 32, 4, 3)],
+    "sm90": [_cfg(64, 128, 64, 4, 4)],
 }
 
 EPI_BIAS, EPI_GELU, EPI_GELU_BWD = 0, 1, 2
 
 
-def matmul_configs(dev: str) -> list[LaunchConfig]:
+def matmul_configs(dev: str, epilogue: int = 0) -> list[LaunchConfig]:
+    if epilogue == 2 and dev in _MATMUL_GELU_BWD:
+        return _MATMUL_GELU_BWD[dev]
     return _MATMUL[dev]
 
 
@@ -169,7 +177,7 @@ def matmul(a, b, bias=None, epilogue=EPI_BIAS, aux=None, aux2=None, row_sum=None
             ROW_SUM=row_sum is not None, ACCUMULATE=accumulate, IEEE=ieee, **cfg.kwargs())
 
     key = (dev, a.dtype, out.dtype, epilogue, row_sum is not None, accumulate, _bucket(M), _bucket(N), _bucket(K))
-    run(pick_config("matmul", key, matmul_configs(dev), run))
+    run(pick_config("matmul", key, matmul_configs(dev, epilogue), run))
     return out
 
 
