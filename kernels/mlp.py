@@ -190,6 +190,8 @@ def _check(x, fc_w, fc_b, proj_w, proj_b):
     for name, t in (("x", x), ("fc_w", fc_w), ("proj_w", proj_w)):
         check_float(f"mlp: {name}", t)
     check_device("mlp", x, fc_w, fc_b, proj_w, proj_b)
+    if not (x.dtype == fc_w.dtype == proj_w.dtype):
+        raise ValueError(f"mlp: x and weights must share a dtype, got {x.dtype}, {fc_w.dtype}, {proj_w.dtype}")
     if fc_w.shape != (H, C) or proj_w.shape != (C, H):
         raise ValueError(f"mlp: weights {tuple(fc_w.shape)}, {tuple(proj_w.shape)} do not fit x[..., {C}]"
                          f" (expected ({H}, {C}) and ({C}, {H}))")

@@ -267,6 +267,15 @@ def test_mlp_gelu_saturates_without_overflow():
     assert _err(out, ops.gelu_tanh(x.double())) <= 1e-6
 
 
+def test_mlp_rejects_bad_input():
+    _, _, _, mlp = _kernels()
+    x = randn(4, 8)
+    with pytest.raises(ValueError, match="do not fit"):
+        mlp.mlp(x, randn(16, 9), None, randn(8, 16), None)
+    with pytest.raises(ValueError, match="share a dtype"):
+        mlp.mlp(x, randn(16, 8, dtype=torch.float16), None, randn(8, 16), None)
+
+
 def test_mlp_inference_saves_nothing():
     _, _, _, mlp = _kernels()
     x, fc_w, proj_w = randn(4, 8, grad=False), randn(16, 8, grad=False), randn(8, 16, grad=False)
