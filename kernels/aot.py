@@ -8,7 +8,8 @@ shipped inside triton's package, and greps the SASS for the MMA instructions (HG
 Hopper warpgroup MMA; HMMA: Ampere-style warp MMA). It must run in a process without
 TRITON_INTERPRET (the interpreter replaces the compiler).
 
-Shape classes compiled: head sizes 32, 64 and 128 (BLOCK_D), the three row-width classes
+Shape classes compiled: head sizes 32, 64 and 128 (BLOCK_D; the flash forward both for
+self-attention and with explicit query slots, as cached prompts use it), the three row-width classes
 of the layer norm table at their widest block, every matmul tile of the MLP table (the
 GELU forward, GELU backward and bias-gradient variants), the cross-entropy row kernel.
 """
@@ -98,9 +99,11 @@ def specs() -> list[Spec]:
             for block_d in (32, 64, 128):
                 qkv = dict(Q=p, K=p, V=p, O=p, LSE="*fp32", KVALID="*i8", QPOS="*i32")
                 for cfg in attention.fwd_configs(dev, block_d):
-                    add("attention", attention, "_attn_fwd_kernel", f"D={block_d},{cfg.label()}",
-                        cc, dt, qkv, dict(HAS_KVALID=True, HAS_QPOS=False, IEEE=False,
-                                          BLOCK_D=block_d), cfg, ("qk_scale",), mma=True)
+                    for qpos in (False, True):  # self-attention; cached prompt (query slots)
+                        add("attention", attention, "_attn_fwd_kernel",
+                            f"D={block_d},{'qpos,' if qpos else ''}{cfg.label()}", cc, dt, qkv,
+                            dict(HAS_KVALID=True, HAS_QPOS=qpos, IEEE=False, BLOCK_D=block_d),
+                            cfg, ("qk_scale",), mma=True)
                 bwd = dict(Q=p, K=p, V=p, DO=p, LSE="*fp32", Delta="*fp32", DK=p, DV=p, DQ=p,
                            KVALID="*i8")
                 for cfg in attention.bwd_configs(dev, block_d):
