@@ -1,4 +1,4 @@
-"""Helpers shared by the kernel files: launch configurations, device checks, tuning.
+"""What the kernel files share: launch configurations, device checks, tuning.
 
 A launch configuration is a `LaunchConfig` (block sizes as Triton constexprs, warps,
 pipeline stages). Each kernel file keeps a small table mapping a shape class (head size,

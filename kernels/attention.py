@@ -397,7 +397,8 @@ def attention_fwd(q, k, v, key_padding_mask=None, q_pos=None):
             HAS_KVALID=kvalid is not None, HAS_QPOS=q_pos is not None,
             IEEE=q.dtype == torch.float32, BLOCK_D=block_d, **cfg.kwargs())
 
-    cfg = pick_config("attention_fwd", (dev, block_d, q.dtype, T > 1024), fwd_configs(dev, block_d), run)
+    key = (dev, block_d, q.dtype, T > 1024, q_pos is not None)
+    cfg = pick_config("attention_fwd", key, fwd_configs(dev, block_d), run)
     run(cfg)
     return o, lse
 

@@ -11,7 +11,7 @@
 # and accumulates fp32), and the chunk's logits are dropped. Since the loss is a
 # scalar, the backward only scales the stored dh and dW by the incoming gradient. Peak
 # extra memory is one [R, V] chunk instead of the [N, V] logits (and their fp32 copy and
-# gradient in the unfused path); R is chosen so a chunk is about the size of h.
+# gradient in the unfused path); R is chosen so a chunk is about the size of h (>= 32 rows).
 # References: Liger Kernel's fused linear cross-entropy (chunking, in-place gradient);
 # Milakov & Gimelshein 2018 (online softmax normaliser).
 # Limits: targets in [0, V) or ignore_index; mean over targets != ignore_index (NaN when
@@ -91,8 +91,9 @@ def cross_entropy_rows(logits, targets, n_valid, ignore_index, compute_grad):
 
 
 def chunk_rows(N: int, V: int, C: int) -> int:
-    """Rows per chunk: about N / (V / C), so a chunk of logits is the size of h."""
-    return max(1, min(N, next_pow2(triton.cdiv(N, triton.cdiv(V, C)))))
+    """Rows per chunk: about N / (V / C), so a chunk of logits is the size of h, and at
+    least 32 (thinner chunks make thin, inefficient matmuls)."""
+    return max(1, min(N, max(32, next_pow2(triton.cdiv(N, triton.cdiv(V, C))))))
 
 
 def lm_head_loss_fwd(h, weight, targets, ignore_index=-100, compute_grad=True, chunk=None):
