@@ -1,7 +1,7 @@
 # Causal flash attention (forward, backward) and KV-cache decoding, in Triton.
 #
 # Algorithm. Forward: one program per (query block of BLOCK_M rows, batch*head) walks the
-# key blocks a causal query can see, keeping the running max m, the running sum l and the
+# key blocks a causal query can see (those left of the diagonal without the causal mask), keeping the running max m, the running sum l and the
 # unnormalised output in registers (online softmax, in base 2: scores are scaled by
 # log2(e)/sqrt(hs) and exponentiated with exp2); the T x T score matrix never exists. It
 # writes O and the per-row logsumexp (base 2). Backward recomputes P = exp2(S - lse) block
@@ -42,7 +42,6 @@ _FWD = {
     "sm80": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
              LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3)],
     "sm90": [LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
-             LaunchConfig({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 2),
              LaunchConfig({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3)],
 }
 _FWD_D128 = {
@@ -95,6 +94,36 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _attn_fwd_step(q, acc, m_i, l_i, k_base, v_base, kvalid_row, start, qpos, S, hs, skt, svt,
+                   qk_scale, offs_n, offs_d, CAUSAL: tl.constexpr, HAS_KVALID: tl.constexpr,
+                   IEEE: tl.constexpr):
+    # One key block of the online softmax; CAUSAL masks keys after each query (and past S).
+    cols = start + offs_n
+    col_ok = cols < S
+    d_ok = offs_d < hs
+    kt = tl.load(k_base + cols[None, :] * skt + offs_d[:, None],
+                 mask=col_ok[None, :] & d_ok[:, None], other=0.0)  # (D, N)
+    s = _dot(q, kt, IEEE) * qk_scale
+    if CAUSAL:
+        visible = (cols[None, :] <= qpos[:, None]) & col_ok[None, :]
+        if HAS_KVALID:
+            kv = tl.load(kvalid_row + cols, mask=col_ok, other=0) != 0
+            visible = visible & (kv[None, :] | (cols[None, :] == qpos[:, None]))
+        s = tl.where(visible, s, float("-inf"))
+    elif HAS_KVALID:  # strictly below the diagonal: a key is never the query's own slot
+        kv = tl.load(kvalid_row + cols, mask=col_ok, other=0) != 0
+        s = tl.where(kv[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :],
+                mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _attn_fwd_kernel(Q, K, V, O, LSE, KVALID, QPOS,
                      sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                      n_head, T, S, hs, qk_scale,
@@ -123,25 +152,20 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, KVALID, QPOS,
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start in range(0, hi, BLOCK_N):
-        cols = start + offs_n
-        col_ok = cols < S
-        kt = tl.load(k_base + cols[None, :] * skt + offs_d[:, None],
-                     mask=col_ok[None, :] & d_ok[:, None], other=0.0)  # (D, N)
-        s = _dot(q, kt, IEEE) * qk_scale
-        visible = (cols[None, :] <= qpos[:, None]) & col_ok[None, :]
-        if HAS_KVALID:
-            kv = tl.load(KVALID + b * S + cols, mask=col_ok, other=0) != 0
-            visible = visible & (kv[None, :] | (cols[None, :] == qpos[:, None]))
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :],
-                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
+    # Key blocks that end at or before this query block's first row are fully visible
+    # (causal-wise): no causal mask there. Only the blocks on the diagonal need it.
+    if HAS_QPOS:
+        unmasked = 0
+    else:
+        unmasked = (pid_m * BLOCK_M // BLOCK_N) * BLOCK_N
+    for start in range(0, unmasked, BLOCK_N):
+        acc, m_i, l_i = _attn_fwd_step(q, acc, m_i, l_i, k_base, v_base, KVALID + b * S,
+                                       start, qpos, S, hs, skt, svt, qk_scale, offs_n, offs_d,
+                                       False, HAS_KVALID, IEEE)
+    for start in range(unmasked, hi, BLOCK_N):
+        acc, m_i, l_i = _attn_fwd_step(q, acc, m_i, l_i, k_base, v_base, KVALID + b * S,
+                                       start, qpos, S, hs, skt, svt, qk_scale, offs_n, offs_d,
+                                       True, HAS_KVALID, IEEE)
     acc = acc / l_i[:, None]
     tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :],
              acc.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
