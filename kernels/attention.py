@@ -1,8 +1,8 @@
 # Causal flash attention (forward, backward) and KV-cache decoding, in Triton.
 #
 # Algorithm. Forward: one program per (query block of BLOCK_M rows, batch*head) walks the
-# key blocks a causal query can see (those left of the diagonal without the causal mask), keeping the running max m, the running sum l and the
-# unnormalised output in registers (online softmax, in base 2: scores are scaled by
+# key blocks a causal query can see (those left of the diagonal without the causal mask),
+# keeping the running max m, the running sum l and the unnormalised output in registers (online softmax, in base 2: scores are scaled by
 # log2(e)/sqrt(hs) and exponentiated with exp2); the T x T score matrix never exists. It
 # writes O and the per-row logsumexp (base 2). Backward recomputes P = exp2(S - lse) block
 # by block: a pre-pass computes delta = rowsum(dO * O); one kernel per key block
