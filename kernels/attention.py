@@ -2,10 +2,10 @@
 #
 # Algorithm. Forward: one program per (query block of BLOCK_M rows, batch*head) walks the
 # key blocks a causal query can see (those left of the diagonal without the causal mask),
-# keeping the running max m, the running sum l and the unnormalised output in registers (online softmax, in base 2: scores are scaled by
-# log2(e)/sqrt(hs) and exponentiated with exp2); the T x T score matrix never exists. It
-# writes O and the per-row logsumexp (base 2). Backward recomputes P = exp2(S - lse) block
-# by block: a pre-pass computes delta = rowsum(dO * O); one kernel per key block
+# keeping the running max m, the running sum l and the unnormalised output in registers
+# (online softmax, in base 2: scores are scaled by log2(e)/sqrt(hs) and exponentiated with
+# exp2); the T x T score matrix never exists. It writes O and the per-row logsumexp
+# (base 2). Backward recomputes P = exp2(S - lse) block by block: a pre-pass computes delta = rowsum(dO * O); one kernel per key block
 # accumulates dK and dV over the query blocks below the diagonal; a second kernel per query
 # block accumulates dQ over the key blocks. No atomics, so gradients are deterministic.
 # Masking: query t sees key s when s <= t and (key_padding_mask[b, s] or s == t); a query
