@@ -5,9 +5,10 @@
 # keeping the running max m, the running sum l and the unnormalised output in registers
 # (online softmax, in base 2: scores are scaled by log2(e)/sqrt(hs) and exponentiated with
 # exp2); the T x T score matrix never exists. It writes O and the per-row logsumexp
-# (base 2). Backward recomputes P = exp2(S - lse) block by block: a pre-pass computes delta = rowsum(dO * O); one kernel per key block
-# accumulates dK and dV over the query blocks below the diagonal; a second kernel per query
-# block accumulates dQ over the key blocks. No atomics, so gradients are deterministic.
+# (base 2). Backward recomputes P = exp2(S - lse) block by block: a pre-pass computes
+# delta = rowsum(dO * O); one kernel per key block accumulates dK and dV over the query
+# blocks below the diagonal; a second kernel per query block accumulates dQ over the key
+# blocks. No atomics, so gradients are deterministic.
 # Masking: query t sees key s when s <= t and (key_padding_mask[b, s] or s == t); a query
 # always sees its own slot, as in `llm.ops.causal_mask`, so padding rows stay finite.
 # `cached_attention` runs the same forward kernel with explicit query slots over the KV
