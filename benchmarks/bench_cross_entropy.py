@@ -1,0 +1,110 @@
+"""lm_head + cross-entropy: torch (unfused logits) | triton (chunked, fused), fwd+bwd time
+and peak memory on CUDA; `--memory-cpu` measures peak memory of both paths on the CPU.
+
+    python benchmarks/bench_cross_entropy.py [--quick]
+    python benchmarks/bench_cross_entropy.py --memory-cpu [--rows 512]
+
+GPU: bf16, C = 768, V = 50257 (GPT-2), peak = torch.cuda.max_memory_allocated above the
+inputs. CPU: each path runs loss.backward() in a fresh process (the triton path through
+TRITON_INTERPRET=1) and reports the growth of the peak resident set (ru_maxrss) over the
+same process's peak before the call; fp32.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import torch
+
+from _harness import ROOT, print_rows, providers, require_cuda, save, time_ms
+
+V, C = 50257, 768
+
+
+def run(quick=False, dtype=torch.bfloat16):
+    rows = []
+    for N in ((4096,) if quick else (2048, 8192, 16384)):
+        h = torch.randn(N, C, device="cuda", dtype=dtype, requires_grad=True)
+        w = (torch.randn(V, C, device="cuda", dtype=dtype) * 0.02).requires_grad_()
+        targets = torch.randint(0, V, (N,), device="cuda")
+        for name, table in providers(("torch", "triton")).items():
+            def step():
+                return torch.autograd.grad(table.lm_head_loss(h, w, targets, -100), (h, w))
+
+            ms = time_ms(step, warmup=3, rep=10)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            step()
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+            rows.append(dict(op="lm_head_loss", provider=name, mode="fwd+bwd", N=N, V=V, C=C,
+                             ms=ms, peak_MiB=peak))
+    return rows
+
+
+def _cpu_child(provider: str, rows: int) -> None:
+    """Runs in a fresh process: peak-RSS growth of one fwd+bwd of `provider`."""
+    sys.path.insert(0, str(ROOT))
+    from llm.ops import get_ops
+
+    table = get_ops(provider)
+    torch.manual_seed(0)
+    # filled in place, so no freed temporary inflates the peak measured before the call
+    h = torch.empty(rows, C).normal_().requires_grad_()
+    w = torch.empty(V, C).normal_(0.0, 0.02).requires_grad_()
+    targets = torch.randint(0, V, (rows,))
+    small = torch.randint(0, 7, (3,))  # warm up code paths on a tiny problem
+    table.lm_head_loss(torch.randn(3, C, requires_grad=True), w[:7].detach().clone().requires_grad_(),
+                       small, -100).backward()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loss = table.lm_head_loss(h, w, targets, -100)
+    loss.backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(dict(provider=provider, rows=rows, peak_growth_MiB=(after - before) / 1024,
+                          loss=loss.item())))
+
+
+def memory_cpu(rows: int) -> list[dict]:
+    out = []
+    for provider in ("torch", "triton"):
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        proc = subprocess.run([sys.executable, __file__, "--cpu-child", provider, "--rows", str(rows)],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    logits_mib = rows * V * 4 / 2**20
+    print(f"fp32 logits [{rows}, {V}] alone: {logits_mib:.0f} MiB; weight gradient [{V}, {C}]: "
+          f"{V * C * 4 / 2**20:.0f} MiB")
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory-cpu", action="store_true")
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--cpu-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cpu_child:
+        _cpu_child(args.cpu_child, args.rows)
+        return
+    if args.memory_cpu:
+        rows = memory_cpu(args.rows)
+        print_rows(rows)
+        print("saved", save("cross_entropy_memory_cpu", rows))
+        return
+    if not require_cuda("bench_cross_entropy"):
+        print("(peak memory on the CPU: --memory-cpu)")
+        return
+    rows = run(args.quick)
+    print_rows(rows)
+    print("saved", save("cross_entropy", rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Print the resource table of every Triton kernel compiled ahead of time for sm_80 and
+sm_90 (registers, shared memory, spills, MMA kind); no GPU needed.
+
+    python benchmarks/kernel_resources.py [--json out.json] [--only "90 bf16 _attn"]
+
+Runs the compiler in this process, so TRITON_INTERPRET must not be set to 1.
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("kernel_resources.py compiles for real GPUs: unset TRITON_INTERPRET")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    from llm.kernels.aot import main
+
+    sys.exit(main())

@@ -1,0 +1,289 @@
+# GPT-2's MLP block, proj(gelu_tanh(fc(x))), as Triton matmuls with fused epilogues.
+#
+# Algorithm. One tiled matmul kernel C = A @ B (fp32 accumulation, grouped program order
+# for L2 reuse, any strides so transposed operands cost nothing) with three epilogues:
+#   0: + bias                      (c_proj forward, and the backward's dx)
+#   1: + bias, GELU (tanh)         (c_fc forward; optionally also stores the pre-activation)
+#   2: * GELU'(h), also writes GELU(h)   (backward: dh = (dy @ W_proj) * GELU'(h))
+# and an optional row sum of A over K, which fuses a bias gradient into the weight-gradient
+# matmul (db = column sums of dY = row sums of dY^T, the A operand of dW = dY^T @ act).
+# GELU(x) = 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3) is evaluated as
+# x * sigmoid(2u), since tanh(u) = 2 sigmoid(2u) - 1: only exp is needed.
+# Backward choice: the forward saves only the pre-activation h = x @ W_fc^T + b_fc (one
+# [rows, 4C] tensor, the same size as the activation) and the backward recomputes GELU(h)
+# and GELU'(h) inside the epilogue of the dY @ W_proj matmul. Saving both h and GELU(h)
+# would double the largest activation of the block, and the recompute is a handful of
+# flops per element in an epilogue that is memory-bound anyway.
+# References: Hendrycks & Gimpel 2016 (GELU); Triton tutorial 03 (matrix multiplication,
+# grouped ordering); Liger Kernel's fused MLP backward (recompute the activation).
+# Limits: 2-D problems of any size (masked edges); fp32 (IEEE dot products), fp16, bf16;
+# fp32 accumulation; dropout is applied outside the block by the model.
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LaunchConfig, check_device, check_float, device_class, pick_config
+
+# Launch table keyed by (device class, epilogue): tiles (BLOCK_M, BLOCK_N, BLOCK_K), warps,
+# stages. The GELU-backward epilogue holds two more tiles (h and GELU(h)), so it gets
+# smaller tiles where the large ones would spill registers.
+def _cfg(m, n, k, warps, stages):
+    return LaunchConfig({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, warps, stages)
+
+
+_MATMUL = {
+    "interp": [LaunchConfig({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})],
+    "sm80": [_cfg(128, 128, 32, 8, 3), _cfg(128, 64, 32, 4, 4), _cfg(64, 64, 32, 4, 3)],
+    "sm90": [_cfg(128, 128, 64, 8, 3), _cfg(64, 128, 64, 4, 4)],
+}
+_MATMUL_GELU_BWD = {
+    "sm80": [_cfg(128, 64, 32, 4, 4), _cfg(64, 64, 32, 4, 3)],
+    "sm90": [_cfg(64, 128, 64, 4, 4)],
+}
+
+EPI_BIAS, EPI_GELU, EPI_GELU_BWD = 0, 1, 2
+
+
+def matmul_configs(dev: str, epilogue: int = 0) -> list[LaunchConfig]:
+    if epilogue == 2 and dev in _MATMUL_GELU_BWD:
+        return _MATMUL_GELU_BWD[dev]
+    return _MATMUL[dev]
+
+
+# -- kernels ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _sigmoid_2u(x):
+    # sigmoid(2u) = (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3); exp of a
+    # non-positive argument only, so it never overflows.
+    z = 1.5957691216057308 * (x + 0.044715 * x * x * x)
+    e = tl.exp(-tl.abs(z))
+    return tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _gelu_tanh(x):
+    return x * _sigmoid_2u(x)
+
+
+@triton.jit
+def _gelu_tanh_grad(x):
+    s = _sigmoid_2u(x)
+    du = 0.7978845608028654 * (1.0 + 0.134145 * x * x)
+    return s + 2.0 * x * s * (1.0 - s) * du
+
+
+@triton.jit
+def _matmul_kernel(A, B, C, Bias, Aux, Aux2, RowSum, M, N, K,
+                   sam, sak, sbk, sbn, scm, scn,
+                   HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, STORE_AUX: tl.constexpr,
+                   ROW_SUM: tl.constexpr, ACCUMULATE: tl.constexpr, IEEE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   GROUP_M: tl.constexpr):
+    # C[M, N] = epilogue(A[M, K] @ B[K, N]); Aux, Aux2 share C's strides.
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * grid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    a_ptr = A + rm.to(tl.int64)[:, None] * sam + rk[None, :] * sak
+    b_ptr = B + rk[:, None] * sbk + rn.to(tl.int64)[None, :] * sbn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    rsum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = (k0 + rk) < K
+        a = tl.load(a_ptr, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptr, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+        if ROW_SUM:
+            rsum += tl.sum(a.to(tl.float32), axis=1)
+        a_ptr += BLOCK_K * sak
+        b_ptr += BLOCK_K * sbk
+    if HAS_BIAS:
+        acc += tl.load(Bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    c_off = rm.to(tl.int64)[:, None] * scm + rn[None, :] * scn
+    c_mask = m_ok[:, None] & n_ok[None, :]
+    if EPILOGUE == 1:
+        if STORE_AUX:
+            tl.store(Aux + c_off, acc.to(Aux.dtype.element_ty), mask=c_mask)
+        acc = _gelu_tanh(acc)
+    if EPILOGUE == 2:
+        h = tl.load(Aux + c_off, mask=c_mask, other=0.0).to(tl.float32)
+        tl.store(Aux2 + c_off, _gelu_tanh(h).to(Aux2.dtype.element_ty), mask=c_mask)
+        acc = acc * _gelu_tanh_grad(h)
+    if ACCUMULATE:
+        acc += tl.load(C + c_off, mask=c_mask, other=0.0).to(tl.float32)
+    tl.store(C + c_off, acc.to(C.dtype.element_ty), mask=c_mask)
+    if ROW_SUM:
+        if pid_n == 0:
+            tl.store(RowSum + rm, rsum.to(RowSum.dtype.element_ty), mask=m_ok)
+
+
+# -- host launchers --------------------------------------------------------------------------
+
+
+def _bucket(n: int) -> int:
+    return min(triton.next_power_of_2(max(n, 1)), 8192)
+
+
+def matmul(a, b, bias=None, epilogue=EPI_BIAS, aux=None, aux2=None, row_sum=None, out_dtype=None,
+           out=None, accumulate=False):
+    """out[M, N] = epilogue(a[M, K] @ b[K, N] (+ bias[N])); see the epilogues above.
+
+    epilogue 1 writes the pre-activation to `aux` when given; epilogue 2 reads h from
+    `aux` and writes GELU(h) to `aux2`. `row_sum` [M] receives the row sums of a.
+    `out` (any strides) is written in place; with `accumulate`, out += a @ b.
+    """
+    M, K = a.shape
+    K2, N = b.shape
+    if K != K2:
+        raise ValueError(f"matmul: inner sizes differ ({M}x{K} @ {K2}x{N})")
+    if out is None:
+        out = torch.empty((M, N), dtype=out_dtype or a.dtype, device=a.device)
+    elif out.shape != (M, N):
+        raise ValueError(f"matmul: out shape {tuple(out.shape)} != ({M}, {N})")
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        raise ValueError("matmul: empty inner dimension")
+    dev = device_class(a)
+    ieee = a.dtype == torch.float32
+
+    def run(cfg):
+        grid = (triton.cdiv(M, cfg.meta["BLOCK_M"]) * triton.cdiv(N, cfg.meta["BLOCK_N"]),)
+        _matmul_kernel[grid](
+            a, b, out, bias if bias is not None else out, aux if aux is not None else out,
+            aux2 if aux2 is not None else out, row_sum if row_sum is not None else out,
+            M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            out.stride(0), out.stride(1),
+            HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_AUX=aux is not None,
+            ROW_SUM=row_sum is not None, ACCUMULATE=accumulate, IEEE=ieee, **cfg.kwargs())
+
+    key = (dev, a.dtype, out.dtype, epilogue, row_sum is not None, accumulate, _bucket(M), _bucket(N), _bucket(K))
+    cfgs = matmul_configs(dev, epilogue)
+    if accumulate:  # timing candidates would add a @ b into out several times
+        cfgs = cfgs[:1]
+    run(pick_config("matmul", key, cfgs, run))
+    return out
+
+
+def _check(x, fc_w, fc_b, proj_w, proj_b):
+    C = x.shape[-1]
+    H = fc_w.shape[0]
+    for name, t in (("x", x), ("fc_w", fc_w), ("proj_w", proj_w)):
+        check_float(f"mlp: {name}", t)
+    check_device("mlp", x, fc_w, fc_b, proj_w, proj_b)
+    if not (x.dtype == fc_w.dtype == proj_w.dtype):
+        raise ValueError(f"mlp: x and weights must share a dtype, got {x.dtype}, {fc_w.dtype}, {proj_w.dtype}")
+    if fc_w.shape != (H, C) or proj_w.shape != (C, H):
+        raise ValueError(f"mlp: weights {tuple(fc_w.shape)}, {tuple(proj_w.shape)} do not fit x[..., {C}]"
+                         f" (expected ({H}, {C}) and ({C}, {H}))")
+    if fc_b is not None and fc_b.shape != (H,):
+        raise ValueError(f"mlp: fc_b shape {tuple(fc_b.shape)} != ({H},)")
+    if proj_b is not None and proj_b.shape != (C,):
+        raise ValueError(f"mlp: proj_b shape {tuple(proj_b.shape)} != ({C},)")
+
+
+def mlp_fwd(x, fc_w, fc_b, proj_w, proj_b, save_pre=True):
+    """x[..., C] -> (y[..., C], h[rows, H] pre-activation, or an empty tensor unless save_pre)."""
+    _check(x, fc_w, fc_b, proj_w, proj_b)
+    C = x.shape[-1]
+    x2 = x.reshape(-1, C)
+    h = torch.empty((x2.shape[0], fc_w.shape[0]) if save_pre else (0,), dtype=x.dtype, device=x.device)
+    act = matmul(x2, fc_w.t(), fc_b, EPI_GELU, aux=h if save_pre else None)
+    y = matmul(act, proj_w.t(), proj_b, EPI_BIAS)
+    return y.view(x.shape), h
+
+
+def mlp_bwd(dy, x, h, fc_w, proj_w, has_fc_b=True, has_proj_b=True):
+    """Gradients (dx, dfc_w, dfc_b, dproj_w, dproj_b) of mlp_fwd, from the saved h."""
+    C = x.shape[-1]
+    x2 = x.reshape(-1, C)
+    dy2 = dy.reshape(-1, C)
+    act = torch.empty_like(h)
+    dh = matmul(dy2, proj_w, None, EPI_GELU_BWD, aux=h, aux2=act)  # (rows, H)
+    dproj_b = torch.empty(C, dtype=proj_w.dtype, device=x.device)
+    dproj_w = matmul(dy2.t(), act, row_sum=dproj_b, out_dtype=proj_w.dtype)  # (C, H)
+    dfc_b = torch.empty(fc_w.shape[0], dtype=fc_w.dtype, device=x.device)
+    dfc_w = matmul(dh.t(), x2, row_sum=dfc_b, out_dtype=fc_w.dtype)  # (H, C)
+    dx = matmul(dh, fc_w)  # (rows, C)
+    if x2.shape[0] == 0:
+        dproj_b.zero_(), dfc_b.zero_(), dproj_w.zero_(), dfc_w.zero_()
+    return dx.view(x.shape), dfc_w, dfc_b, dproj_w, dproj_b
+
+
+# -- registered ops and autograd -------------------------------------------------------------
+
+
+@torch.library.custom_op("llm_triton::mlp_fwd", mutates_args=())
+def _mlp_fwd_op(x: torch.Tensor, fc_w: torch.Tensor, fc_b: Optional[torch.Tensor],
+                proj_w: torch.Tensor, proj_b: Optional[torch.Tensor], save_pre: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    return mlp_fwd(x, fc_w, fc_b, proj_w, proj_b, save_pre)
+
+
+@_mlp_fwd_op.register_fake
+def _(x, fc_w, fc_b, proj_w, proj_b, save_pre):
+    rows = x.numel() // x.shape[-1]
+    h_shape = (rows, fc_w.shape[0]) if save_pre else (0,)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(h_shape)
+
+
+@torch.library.custom_op("llm_triton::mlp_bwd", mutates_args=())
+def _mlp_bwd_op(dy: torch.Tensor, x: torch.Tensor, h: torch.Tensor, fc_w: torch.Tensor,
+                proj_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                               torch.Tensor, torch.Tensor]:
+    return mlp_bwd(dy, x, h, fc_w, proj_w)
+
+
+@_mlp_bwd_op.register_fake
+def _(dy, x, h, fc_w, proj_w):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(fc_w),
+            fc_w.new_empty(fc_w.shape[0]), torch.empty_like(proj_w), proj_w.new_empty(proj_w.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, fc_w, fc_b, proj_w, proj_b, save_pre = inputs
+    if not save_pre:
+        raise RuntimeError("mlp: backward needs the forward to run with save_pre=True")
+    ctx.save_for_backward(x, output[1], fc_w, proj_w)
+    ctx.has_bias = (fc_b is not None, proj_b is not None)
+
+
+def _backward(ctx, dy, _dh):
+    x, h, fc_w, proj_w = ctx.saved_tensors
+    dx, dfc_w, dfc_b, dproj_w, dproj_b = _mlp_bwd_op(dy, x, h, fc_w, proj_w)
+    has_fc_b, has_proj_b = ctx.has_bias
+    return (dx, dfc_w, dfc_b if has_fc_b else None, dproj_w,
+            dproj_b if has_proj_b else None, None)
+
+
+_mlp_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# -- public ----------------------------------------------------------------------------------
+
+
+def mlp(x: torch.Tensor, fc_w: torch.Tensor, fc_b: Optional[torch.Tensor], proj_w: torch.Tensor,
+        proj_b: Optional[torch.Tensor]) -> torch.Tensor:
+    """proj(gelu_tanh(fc(x))): x[..., C], fc_w[H, C], fc_b[H], proj_w[C, H], proj_b[C] -> [..., C]."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, fc_w, fc_b, proj_w, proj_b))
+    return _mlp_fwd_op(x, fc_w, fc_b, proj_w, proj_b, needs_grad)[0]

@@ -1,0 +1,56 @@
+"""The `triton` backend: the op table filled with the Triton kernels of `llm.kernels`.
+
+  layer_norm        kernels/layernorm.py      forward + backward
+  linear            torch (cuBLAS)            the attention projections and logits
+  mlp               kernels/mlp.py            c_fc + bias + GELU epilogue, c_proj + bias
+  attention         kernels/attention.py      causal flash attention, key-padding mask;
+                                              dropout_p > 0 runs the torch reference
+  cached_attention  kernels/attention.py      split-KV decode kernel for one query per
+                                              row; the flash kernel (explicit query slots)
+                                              for prompts (Tq > 1); inference only
+  lm_head_loss      kernels/cross_entropy.py  chunked lm_head + cross-entropy
+
+The kernels run on CUDA tensors, or on CPU tensors through Triton's interpreter when
+TRITON_INTERPRET=1 was set before triton was imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import ops
+from .ops import BackendUnavailableError, OpTable
+
+
+def _attention(kernel):
+    def attention(q, k, v, key_padding_mask=None, dropout_p=0.0):
+        if dropout_p > 0.0:  # no dropout in the kernel: use the reference for this call
+            return ops.attention(q, k, v, key_padding_mask, dropout_p)
+        return kernel(q, k, v, key_padding_mask)
+
+    return attention
+
+
+def load() -> OpTable:
+    """The Triton op table; BackendUnavailableError when triton or a device is missing."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        raise BackendUnavailableError(f"backend 'triton' needs the triton package: {e}") from e
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise BackendUnavailableError(
+            "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1, set before triton is "
+            "imported, to run the kernels on CPU through Triton's interpreter)")
+    from .kernels import attention, cross_entropy, layernorm, mlp
+
+    return OpTable(
+        name="triton",
+        layer_norm=layernorm.layer_norm,
+        linear=ops.linear,
+        mlp=mlp.mlp,
+        attention=_attention(attention.attention),
+        cached_attention=attention.cached_attention,
+        lm_head_loss=cross_entropy.lm_head_loss,
+    )
