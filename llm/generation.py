@@ -286,7 +286,9 @@ class _Decoding:
     def _compact(self, keep: torch.Tensor) -> None:
         """Drop the batch slots not in `keep` (indices into the current batch)."""
         model = self.model
-        if model._decoder is not None:
+        if not self.use_cache:
+            pass
+        elif model._decoder is not None:
             model._decoder.select_rows(keep)
         else:
             for block in model.transformer.h:
