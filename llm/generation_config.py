@@ -179,7 +179,7 @@ class GenerationConfig:
             top_k = d.get("top_k", 50)
             kwargs["top_k"] = top_k if top_k else None  # HF: 0 or None is off
             top_p = d.get("top_p")
-            kwargs["top_p"] = top_p if top_p is not None and top_p < 1.0 else None
+            kwargs["top_p"] = None if top_p is None or top_p == 1.0 else top_p
             min_p = d.get("min_p")
             kwargs["min_p"] = min_p if min_p else None
         for name in ("max_new_tokens", "min_new_tokens", "repetition_penalty", "presence_penalty",
