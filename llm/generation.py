@@ -33,6 +33,7 @@ from .generation_config import GenerationConfig
 from .sampling import (
     apply_presence_frequency_penalty,
     apply_repetition_penalty,
+    exponential_noise,
     sample_next,
     suppress_tokens,
 )
@@ -246,7 +247,13 @@ class _Decoding:
                                                       cfg.frequency_penalty)
         if step < cfg.min_new_tokens and self.eos.numel():
             logits = suppress_tokens(logits, self.eos)
-        return sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, self.generator)
+        noise = None
+        if cfg.temperature > 0:
+            # noise for every row of the original batch, so that what a row draws does not
+            # depend on which other rows are still being computed
+            noise = exponential_noise(self.out.shape[:1] + logits.shape[1:], self.device, self.generator)
+            noise = noise[self.rows] if self.n_rows < self.out.shape[0] else noise
+        return sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, noise=noise)
 
     def _record(self, token, t: int):
         """Write the tokens made at slot t; update finished flags and penalty state."""

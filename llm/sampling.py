@@ -55,16 +55,24 @@ def filter_logits(logits, top_k=None, top_p=None, min_p=None):
     return logits
 
 
-def draw(probs, generator=None):
-    """One token per row from probs [B, V] (rows sum to 1), without a host sync."""
-    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+def exponential_noise(shape, device, generator=None):
+    """Exp(1) noise for `draw`."""
+    return torch.empty(shape, device=device).exponential_(1, generator=generator)
+
+
+def draw(probs, generator=None, noise=None):
+    """One token per row from probs [B, V] (rows sum to 1), without a host sync. `noise`
+    [B, V] ~ Exp(1) may be passed in (so a row's draw need not depend on the others)."""
+    if noise is None:
+        noise = exponential_noise(probs.shape, probs.device, generator)
     return torch.argmax(probs / noise, dim=-1)
 
 
-def sample_next(logits, temperature=0.0, top_k=None, top_p=None, min_p=None, generator=None):
+def sample_next(logits, temperature=0.0, top_k=None, top_p=None, min_p=None, generator=None,
+                noise=None):
     """Next token ids [B] from processed last-position logits [B, V]."""
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits / temperature, top_k, top_p, min_p)
-    return draw(torch.softmax(logits, dim=-1), generator)
+    return draw(torch.softmax(logits, dim=-1), generator, noise)

@@ -93,8 +93,10 @@ def test_cached_equals_recomputed_under_seeded_sampling(model, use_mask):
     a = model.generate(ids, generator=torch.Generator().manual_seed(5), **kw)
     b = model.generate(ids, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
     c = model.generate(ids, seed=5, **kw)
+    e = model.generate(ids, seed=5, check_every=7, **kw)  # rows dropped later: same draws
     assert torch.equal(a, b)
     assert torch.equal(a, c)
+    assert torch.equal(a, e)
     d = model.generate(ids, seed=6, **kw)
     assert not torch.equal(a, d)  # the seed matters: it is really sampling
 
@@ -285,3 +287,59 @@ def test_stream_ids_on_their_own(model):
     chunks = list(stream(model, torch.tensor([[3, 4]]), 5, tokenizer=llm.get_tokenizer()))
     assert [c.token_ids[0] for c in chunks if c.token_ids[0] is not None] == \
         model.generate(torch.tensor([[3, 4]]), 5)[0, 2:].tolist()
+
+
+class _RecordingDecoder:
+    """A backend's whole-model decoder (the make_decoder hook), here over torch modules."""
+
+    def __init__(self, model, batch_size, max_seq_len):
+        from llm.model import KVCache
+
+        c, w = model.config, model.transformer.wte.weight
+        for block in model.transformer.h:
+            block.attn.kv_cache = KVCache(batch_size, c.n_head, max_seq_len, c.head_dim, w.dtype, w.device)
+        self.model, self.calls = model, []
+
+    def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
+        self.calls.append(("prefill", input_ids.shape[0]))
+        return self.model.forward_cached(input_ids, input_pos, position_ids, key_valid)
+
+    def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
+        self.calls.append(("decode", token.shape[0]))
+        return self.model.forward_cached(token, input_pos, position_ids, key_valid)
+
+
+class _CompactingDecoder(_RecordingDecoder):
+    def select_rows(self, index):
+        self.calls.append(("select_rows", int(index.numel())))
+        for block in self.model.transformer.h:
+            kv = block.attn.kv_cache
+            kv.k_cache, kv.v_cache = kv.k_cache[index], kv.v_cache[index]
+
+
+@pytest.mark.parametrize("decoder_cls", [_RecordingDecoder, _CompactingDecoder])
+def test_backend_decoder_hook(model, monkeypatch, decoder_cls):
+    made = []
+
+    def make_decoder(m, batch_size, max_seq_len):
+        made.append(decoder_cls(m, batch_size, max_seq_len))
+        return made[-1]
+
+    table = llm.ops.TORCH_OPS.replace(name="decoder-test", make_decoder=make_decoder)
+    monkeypatch.setitem(llm.ops._LOADERS, "decoder-test", lambda: table)
+    ids, mask = _batch([5, 2, 7, 4], seed=12)
+    kw = dict(attention_mask=mask, max_new_tokens=[3, 12, 2, 12], temperature=0.7, top_k=30, seed=1)
+    want = model.generate(ids, **kw)
+    try:
+        model.set_backend("decoder-test")
+        got = model.generate(ids, **kw)
+    finally:
+        model.set_backend("torch")
+    assert torch.equal(got, want)
+    calls = made[0].calls
+    assert calls[0] == ("prefill", 4) and len(calls) > 11
+    rows = [n for name, n in calls if name == "decode"]
+    if decoder_cls is _CompactingDecoder:
+        assert ("select_rows", 2) in calls and rows[-1] == 2  # finished rows dropped
+    else:
+        assert set(rows) == {4}  # no select_rows: the batch keeps its shape
