@@ -42,7 +42,8 @@ def _sync(device):
 def _engines(model, hf, device):
     """name -> fn(ids, mask, new) for every engine that can run here, plus skip notes."""
     engines, notes, seen = {}, [], set()
-    for backend in llm.available_backends():
+    names = sorted(llm.available_backends(), key=lambda b: (b == "auto", b))  # auto last
+    for backend in names:
         try:
             ops = get_ops(backend)
         except BackendUnavailableError as e:

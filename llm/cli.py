@@ -23,7 +23,7 @@ def _add_generate(sub):
     p.add_argument("--presence-penalty", type=float, default=None)
     p.add_argument("--frequency-penalty", type=float, default=None)
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop when the text contains TEXT (repeatable; cut from the output)")
+                   help="stop when the text contains TEXT (repeatable; cut from the output; \\n is a newline)")
     p.add_argument("--eos-token-id", type=int, action="append", default=None, metavar="ID",
                    help="end-of-sequence id (repeatable; default: the model's generation config)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible output)")

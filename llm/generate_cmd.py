@@ -18,10 +18,15 @@ def _sampling_kwargs(args) -> dict:
         "repetition_penalty": args.repetition_penalty,
         "presence_penalty": args.presence_penalty,
         "frequency_penalty": args.frequency_penalty,
-        "stop_strings": args.stop,
+        "stop_strings": [_unescape(x) for x in args.stop] if args.stop else None,
         "eos_token_id": args.eos_token_id,
     }
     return {k: v for k, v in kw.items() if v is not None}
+
+
+def _unescape(text: str) -> str:
+    """`\\n` and `\\t` typed on a command line stand for a newline and a tab."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def read_prompts(path) -> list[str]:

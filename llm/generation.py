@@ -24,6 +24,7 @@ the same tokens, also when sampling with a seeded generator.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -164,10 +165,16 @@ class _StaticStep:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self._run()
+                    logits = self._run()
             torch.cuda.current_stream().wait_stream(stream)
-            with torch.cuda.graph(self.graph, pool=self.pool):
-                self.logits = self._run()
+            try:
+                with torch.cuda.graph(self.graph, pool=self.pool):
+                    self.logits = self._run()
+            except RuntimeError as e:  # an op that cannot be captured: stay eager
+                warnings.warn(f"decode step could not be captured in a CUDA graph ({e}); running it eagerly",
+                              stacklevel=2)
+                self.graph = None
+                return logits
         self.graph.replay()
         return self.logits
 
@@ -196,9 +203,9 @@ class _Decoding:
         if mask is not None and not bool(mask.any(dim=1).all()):
             raise ValueError("attention_mask has a row with no real token")
         self.generator = _make_generator(cfg, generator, device)
+        self._graph_auto = cuda_graph is None
         if cuda_graph is None:
-            decoder_ok = model.ops.make_decoder is None or getattr(model.ops, "supports_cuda_graph", False)
-            cuda_graph = device.type == "cuda" and use_cache and decoder_ok
+            cuda_graph = device.type == "cuda" and use_cache
         elif cuda_graph and device.type != "cuda":
             raise ValueError("cuda_graph=True needs a model on a CUDA device")
         self.cuda_graph = bool(cuda_graph) and use_cache
@@ -321,6 +328,9 @@ class _Decoding:
             with torch.inference_mode():
                 if self.use_cache:
                     model.setup_caches(self.out.shape[0], total)
+                    decoder = model._decoder
+                    if self._graph_auto and decoder is not None and not getattr(decoder, "supports_cuda_graph", False):
+                        self.cuda_graph = self.static = False
                     key_valid = self.valid if self.has_mask else None
                     logits = model.prefill(self.out[:, :T], torch.arange(T, device=self.device),
                                            self.positions[:, :T], key_valid)
