@@ -247,11 +247,13 @@ class _Decoding:
     def _process(self, logits, step: int):
         cfg = self.cfg
         logits = logits.float()
+        whole = self.n_rows == self.out.shape[0]  # no row dropped yet: no gathers needed
         if self.seen is not None:
-            logits = apply_repetition_penalty(logits, self.seen[self.rows], cfg.repetition_penalty)
+            seen = self.seen if whole else self.seen[self.rows]
+            logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
         if self.counts is not None:
-            logits = apply_presence_frequency_penalty(logits, self.counts[self.rows], cfg.presence_penalty,
-                                                      cfg.frequency_penalty)
+            counts = self.counts if whole else self.counts[self.rows]
+            logits = apply_presence_frequency_penalty(logits, counts, cfg.presence_penalty, cfg.frequency_penalty)
         if step < cfg.min_new_tokens and self.eos.numel():
             logits = suppress_tokens(logits, self.eos)
         noise = None
@@ -259,7 +261,7 @@ class _Decoding:
             # noise for every row of the original batch, so that what a row draws does not
             # depend on which other rows are still being computed
             noise = exponential_noise(self.out.shape[:1] + logits.shape[1:], self.device, self.generator)
-            noise = noise[self.rows] if self.n_rows < self.out.shape[0] else noise
+            noise = noise if whole else noise[self.rows]
         return sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, noise=noise)
 
     def _record(self, token, t: int):

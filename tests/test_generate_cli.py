@@ -48,3 +48,9 @@ def test_errors(model_dir, tmp_path, capsys):
     assert "batch file not found" in capsys.readouterr().err
     assert main(["generate", "--model", str(model_dir), "--top-p", "2", "--max-new-tokens", "2"]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+def test_stop_escapes():
+    from llm.generate_cmd import _unescape
+
+    assert _unescape(r"a\n\nb\tc") == "a\n\nb\tc"
