@@ -7,6 +7,15 @@ import llm
 from llm.cli import main
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny models: one thread is fastest, and it does not fight other processes for cores
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
