@@ -448,9 +448,12 @@ def generate(model, input_ids, max_new_tokens=None, temperature=None, top_k=None
     Sampling arguments (temperature, top_k, top_p, min_p, repetition_penalty,
     presence_penalty, frequency_penalty, min_new_tokens, eos_token_id, pad_token_id,
     stop_strings, seed) are `GenerationConfig` fields; given here they override
-    `generation_config`, which overrides `model.generation_config`. attention_mask [B, T]
-    (1 real, 0 padding) for left-padded batches. Stop strings and returned texts decode
-    with `tokenizer` (default: GPT-2's). `use_cache=False` recomputes every step.
+    `generation_config`, which overrides `model.generation_config` (None keeps the
+    configured value; `eos_token_id=[]` turns EOS off). attention_mask [B, T] (1 real,
+    0 padding) for left-padded batches. Stop strings and returned texts decode with
+    `tokenizer` (default: GPT-2's). `use_cache=False` recomputes every step. cuda_graph:
+    None captures the decode step on CUDA, False never. check_every: decode steps between
+    looks at the finished flags (default 1 on CPU, 16 on CUDA; each look is a host sync).
     """
     overrides = dict(zip(_POSITIONAL, (temperature, top_k, top_p, eos_token_id)), **kwargs)
     run = _start(model, input_ids, max_new_tokens, attention_mask, generation_config, use_cache,
