@@ -1,6 +1,7 @@
 """llm: a GPT-2 engine with a pure-PyTorch reference and Triton / C++ / CUDA fast paths."""
 
 from .config import PRESETS, GPTConfig
+from .generation_config import GenerationConfig
 from .model import GPT
 from .ops import BackendUnavailableError, available_backends, get_ops
 from .tokenizer import get_tokenizer
@@ -9,6 +10,7 @@ from .train import train
 __all__ = [
     "GPT",
     "GPTConfig",
+    "GenerationConfig",
     "PRESETS",
     "BackendUnavailableError",
     "available_backends",

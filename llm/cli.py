@@ -4,88 +4,40 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-
-
-class TextStreamer:
-    """Turns token ids into text deltas that never split a UTF-8 character."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.pending = b""
-
-    def push(self, token_id: int) -> str:
-        self.pending += self.tokenizer.decode_single_token_bytes(token_id)
-        try:
-            text, self.pending = self.pending.decode("utf-8"), b""
-            return text
-        except UnicodeDecodeError as e:
-            if e.reason == "unexpected end of data":  # an incomplete character at the end
-                text, self.pending = self.pending[:e.start].decode("utf-8"), self.pending[e.start:]
-                return text
-            text, self.pending = self.pending.decode("utf-8", errors="replace"), b""
-            return text
-
-    def flush(self) -> str:
-        text, self.pending = self.pending.decode("utf-8", errors="replace"), b""
-        return text
 
 
 def _add_generate(sub):
-    p = sub.add_parser("generate", help="generate text from a prompt, streaming it as it is made")
+    p = sub.add_parser("generate", help="generate text from a prompt (or a file of prompts), streaming it")
     p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors) or hub name")
     p.add_argument("--prompt", default="\n", help="prompt text (default: a newline)")
+    p.add_argument("--batch-file", default=None,
+                   help="a text file with one prompt per line; generates for them in batches")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --batch-file (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--min-new-tokens", type=int, default=None, help="no EOS before this many tokens")
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL's penalty, 1 is off")
+    p.add_argument("--presence-penalty", type=float, default=None)
+    p.add_argument("--frequency-penalty", type=float, default=None)
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the text contains TEXT (repeatable; cut from the output; \\n is a newline)")
+    p.add_argument("--eos-token-id", type=int, action="append", default=None, metavar="ID",
+                   help="end-of-sequence id (repeatable; default: the model's generation config)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible output)")
     p.add_argument("--backend", default=None, help="op backend: torch, triton, native or auto")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, do not capture the decode step")
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args) -> int:
-    import torch
+    from .generate_cmd import run_generate
 
-    from .model import GPT
-    from .tokenizer import EOT_TOKEN, get_tokenizer
-
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = GPT.from_pretrained(args.model, backend=args.backend, dtype=dtype, device=args.device)
-    enc = get_tokenizer()
-    ids = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
-    if not ids:
-        raise SystemExit("error: the prompt encodes to no tokens")
-    generator = None
-    if args.seed is not None:
-        generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    max_new = min(args.max_new_tokens, model.config.n_positions - len(ids))
-    eos = EOT_TOKEN if EOT_TOKEN < model.config.vocab_size else None
-    from .generation import generate_steps
-
-    steps = generate_steps(model, torch.tensor([ids]), max_new, args.temperature, args.top_k,
-                           args.top_p, eos, None, True, generator)
-    next(steps)
-    streamer = TextStreamer(enc)
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    t0, n = time.perf_counter(), 0
-    for token in steps:
-        tok = int(token[0])
-        n += 1
-        if tok == eos:
-            break
-        if tok >= enc.n_vocab:
-            continue
-        sys.stdout.write(streamer.push(tok))
-        sys.stdout.flush()
-    sys.stdout.write(streamer.flush() + "\n")
-    dt = time.perf_counter() - t0
-    print(f"[{n} tokens in {dt:.2f}s, {n / max(dt, 1e-9):.1f} tokens/s, backend {model.backend}]",
-          file=sys.stderr)
-    return 0
+    return run_generate(args)
 
 
 def _add_demo(sub):

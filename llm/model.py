@@ -285,11 +285,17 @@ class GPT(nn.Module):
         return self.forward_cached(token, input_pos, position_ids, key_valid)
 
     # -- generation and weights (defined in their own files) -------------------------------
-    def generate(self, input_ids, max_new_tokens, **kwargs):
+    def generate(self, input_ids, max_new_tokens=None, **kwargs):
         """See `llm.generation.generate`."""
         from .generation import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def stream(self, input_ids, max_new_tokens=None, **kwargs):
+        """See `llm.generation.stream`: yields token ids and text deltas as they are made."""
+        from .generation import stream
+
+        return stream(self, input_ids, max_new_tokens, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, backend: str | None = None, dtype=None,

@@ -136,6 +136,9 @@ def load_pretrained(path, backend=None, dtype=None, device=None):
     model.load_state_dict(sd, strict=False)  # lm_head is tied: loaded through wte
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
+    from .generation_config import GenerationConfig
+
+    model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.eval()
 
 
@@ -169,4 +172,6 @@ def save_pretrained(model, path) -> None:
             os.remove(tmp)
     model.config.save_json(folder / "config.json")
     gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}
+    if getattr(model, "generation_config", None) is not None:
+        gen = {**gen, **model.generation_config.to_hf_dict()}
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

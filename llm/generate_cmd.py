@@ -1,0 +1,108 @@
+"""`llm generate`: stream one prompt's continuation as it is made, or generate for a file
+of prompts in batches (each result printed, in file order, as soon as it is complete)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+def _sampling_kwargs(args) -> dict:
+    kw = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "min_new_tokens": args.min_new_tokens,
+        "repetition_penalty": args.repetition_penalty,
+        "presence_penalty": args.presence_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "stop_strings": [_unescape(x) for x in args.stop] if args.stop else None,
+        "eos_token_id": args.eos_token_id,
+    }
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _unescape(text: str) -> str:
+    """`\\n` and `\\t` typed on a command line stand for a newline and a tab."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def read_prompts(path) -> list[str]:
+    """One prompt per non-empty line; a literal `\\n` in a line stands for a newline."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"batch file not found: {p}")
+    prompts = [line.replace("\\n", "\n") for line in p.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{p}: holds no prompts")
+    return prompts
+
+
+def run_generate(args) -> int:
+    import torch
+
+    from .generation import encode_prompts
+    from .model import GPT
+    from .tokenizer import get_tokenizer
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    prompts = read_prompts(args.batch_file) if args.batch_file else [args.prompt]
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = GPT.from_pretrained(args.model, backend=args.backend, dtype=dtype, device=args.device)
+    enc = get_tokenizer()
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    kw = _sampling_kwargs(args)
+    cuda_graph = False if args.no_cuda_graph else None
+    n_tokens, t0 = 0, time.perf_counter()
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start:start + args.batch_size]
+        ids, mask = encode_prompts(batch, enc)
+        max_new = min(args.max_new_tokens, model.config.n_positions - ids.shape[1])
+        if max_new < 0:
+            raise ValueError(f"a prompt of {ids.shape[1]} tokens exceeds n_positions={model.config.n_positions}")
+        chunks = model.stream(ids, max_new, attention_mask=mask, generator=generator, tokenizer=enc,
+                              cuda_graph=cuda_graph, **kw)
+        if len(prompts) == 1:
+            n_tokens += _print_streaming(batch[0], chunks)
+        else:
+            n_tokens += _print_rows(batch, start, chunks)
+    dt = time.perf_counter() - t0
+    print(f"[{n_tokens} tokens in {dt:.2f}s, {n_tokens / max(dt, 1e-9):.1f} tokens/s, backend {model.backend}]",
+          file=sys.stderr)
+    return 0
+
+
+def _print_streaming(prompt: str, chunks) -> int:
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    n = 0
+    for chunk in chunks:
+        n += chunk.token_ids[0] is not None
+        if chunk.texts[0]:
+            sys.stdout.write(chunk.texts[0])
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return n
+
+
+def _print_rows(batch: list[str], offset: int, chunks) -> int:
+    texts = [""] * len(batch)
+    printed, n = 0, 0
+    for chunk in chunks:
+        for i, (tok, delta) in enumerate(zip(chunk.token_ids, chunk.texts)):
+            n += tok is not None
+            texts[i] += delta
+        while printed < len(batch) and chunk.finished[printed]:
+            sys.stdout.write(f"=== prompt {offset + printed + 1} ===\n{batch[printed]}{texts[printed]}\n")
+            sys.stdout.flush()
+            printed += 1
+    for i in range(printed, len(batch)):
+        sys.stdout.write(f"=== prompt {offset + i + 1} ===\n{batch[i]}{texts[i]}\n")
+    return n
