@@ -117,13 +117,13 @@ class GenerationConfig:
             raise ValueError(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
         if self.max_new_tokens is not None:
             self.max_new_tokens_per_row(batch_size if batch_size is not None else self._rows())
-        ids = self.eos_token_ids()
+        named = [("eos_token_id", i) for i in self.eos_token_ids()]
         if self.pad_token_id is not None:
-            ids = ids + [self.pad_token_id]
+            named.append(("pad_token_id", self.pad_token_id))
         if vocab_size is not None:
-            for i in ids:
+            for name, i in named:
                 if not 0 <= i < vocab_size:
-                    raise ValueError(f"token id {i} (eos/pad) is outside the vocabulary [0, {vocab_size})")
+                    raise ValueError(f"{name} {i} is outside the vocabulary [0, {vocab_size})")
         self.stop_string_list()
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")

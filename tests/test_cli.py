@@ -4,7 +4,8 @@ import sys
 import torch
 
 from llm import GPT, GPTConfig
-from llm.cli import TextStreamer, main
+from llm.cli import main
+from llm.streaming import TextStreamer
 from llm.tokenizer import get_tokenizer
 
 
