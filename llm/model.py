@@ -62,7 +62,7 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
         self.ops: OpTable | None = None
 
-    def forward(self, x, key_padding_mask=None, input_pos=None, key_valid=None):
+    def forward(self, x, key_padding_mask=None, input_pos=None, key_valid=None, prefill=False):
         B, T, C = x.shape
         qkv = self.ops.linear(x, self.c_attn.weight, self.c_attn.bias)  # (B, T, 3C)
         q, k, v = qkv.split(C, dim=2)
@@ -72,6 +72,10 @@ class CausalSelfAttention(nn.Module):
         if input_pos is None:
             dropout_p = self.attn_pdrop if self.training else 0.0
             y = self.ops.attention(q, k, v, key_padding_mask, dropout_p)  # (B, nh, T, hs)
+        elif prefill:
+            # the prompt fills slots 0..T-1 of an empty cache: it attends only among itself
+            self.kv_cache.update(input_pos, k, v)
+            y = self.ops.attention(q, k, v, None if key_valid is None else key_valid[:, :T])
         else:
             k_cache, v_cache = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs)
             y = self.ops.cached_attention(q, k_cache, v_cache, input_pos, key_valid)
@@ -100,8 +104,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_padding_mask=None, input_pos=None, key_valid=None):
-        x = x + self.attn(self.ln_1(x), key_padding_mask, input_pos, key_valid)
+    def forward(self, x, key_padding_mask=None, input_pos=None, key_valid=None, prefill=False):
+        x = x + self.attn(self.ln_1(x), key_padding_mask, input_pos, key_valid, prefill)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -203,7 +207,7 @@ class GPT(nn.Module):
         return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
 
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None,
-                      input_pos=None, key_valid=None):
+                      input_pos=None, key_valid=None, prefill=False):
         """Final-layernormed hidden states [B, T, C]. Inputs are assumed checked."""
         B, T = input_ids.shape
         if position_ids is None:
@@ -214,7 +218,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)  # (B, T, C)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, attention_mask, input_pos, key_valid)
+            x = block(x, attention_mask, input_pos, key_valid, prefill)
         return self.transformer.ln_f(x)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
@@ -264,19 +268,22 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def forward_cached(self, input_ids, input_pos, position_ids, key_valid=None):
+    def forward_cached(self, input_ids, input_pos, position_ids, key_valid=None, prefill=False):
         """Logits [B, vocab] of the last of `input_ids`, run at cache slots `input_pos`.
 
         input_ids [B, T]; input_pos [T] cache slots; position_ids [B, T] learned positions;
-        key_valid [B, S] marks the cache slots holding real tokens (None: all).
+        key_valid [B, S] marks the cache slots holding real tokens (None: all). With
+        prefill=True the tokens fill slots 0..T-1 of an empty cache.
         """
-        h = self.hidden_states(input_ids, None, position_ids, input_pos, key_valid)
+        h = self.hidden_states(input_ids, None, position_ids, input_pos, key_valid, prefill)
         return self.ops.linear(h[:, -1], self.lm_head.weight, None)
 
     def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
         if self._decoder is not None:
             return self._decoder.prefill(input_ids, input_pos, position_ids, key_valid)
-        return self.forward_cached(input_ids, input_pos, position_ids, key_valid)
+        # Attending only among the prompt is exact when it starts at slot 0 (cache empty).
+        from_start = input_ids.shape[1] > 1 and int(input_pos[0]) == 0
+        return self.forward_cached(input_ids, input_pos, position_ids, key_valid, prefill=from_start)
 
     def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
         """token [B, 1] at cache slot input_pos [1] -> logits [B, vocab]."""

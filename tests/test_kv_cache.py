@@ -108,3 +108,19 @@ def test_generate_restores_training_mode(model):
     model.generate(torch.zeros(1, 2, dtype=torch.long), 2)
     assert model.training
     model.eval()
+
+
+def test_chunked_prefill_equals_full_forward(model):
+    """A second prefill at later slots attends to the earlier chunk in the cache."""
+    x = torch.randint(0, 1003, (2, 9))
+    pos = torch.arange(9)[None].expand(2, 9)
+    model.setup_caches(2, 9)
+    try:
+        with torch.no_grad():
+            first = model.prefill(x[:, :5], torch.arange(5), pos[:, :5])
+            second = model.prefill(x[:, 5:], torch.arange(5, 9), pos[:, 5:])
+            full = model(x)
+    finally:
+        model.clear_caches()
+    torch.testing.assert_close(first, full[:, 4], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, full[:, 8], rtol=1e-5, atol=1e-5)
