@@ -24,56 +24,73 @@ namespace {
 
 using Kernel = void (*)(const void* x, int64_t ldx, const void* w, int64_t k, float* acc);
 
+// Sums run in blocks of kBlockK inputs, each block's partial sum then added to the total:
+// the rounding error grows with K / kBlockK + kBlockK instead of K (as in a blocked GEMM).
+constexpr int64_t kBlockK = 64;
+
+inline void add_block(float* acc, const float* a, int rows) {
+  for (int64_t i = 0; i < rows * kTileN; ++i) acc[i] += a[i];
+}
+
 // -- portable ------------------------------------------------------------------------------
 
 template <int MR>
 void f32_portable(const void* xv, int64_t ldx, const void* wv, int64_t K, float* acc) {
   const float* x = static_cast<const float*>(xv);
   const float* w = static_cast<const float*>(wv);
-  float a[MR][kTileN] = {};
-  for (int64_t k = 0; k < K; ++k) {
-    const float* wk = w + k * kTileN;
-    for (int m = 0; m < MR; ++m) {
-      float xm = x[m * ldx + k];
-      for (int j = 0; j < kTileN; ++j) a[m][j] += xm * wk[j];
+  std::memset(acc, 0, sizeof(float) * MR * kTileN);
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    float a[MR][kTileN] = {};
+    for (int64_t k = k0; k < std::min(K, k0 + kBlockK); ++k) {
+      const float* wk = w + k * kTileN;
+      for (int m = 0; m < MR; ++m) {
+        float xm = x[m * ldx + k];
+        for (int j = 0; j < kTileN; ++j) a[m][j] += xm * wk[j];
+      }
     }
+    add_block(acc, &a[0][0], MR);
   }
-  std::memcpy(acc, a, sizeof(a));
 }
 
 template <int MR>
 void bf16_portable(const void* xv, int64_t ldx, const void* wv, int64_t kp, float* acc) {
   const uint16_t* x = static_cast<const uint16_t*>(xv);
   const uint16_t* w = static_cast<const uint16_t*>(wv);
-  float a[MR][kTileN] = {};
-  for (int64_t kk = 0; kk < kp / 2; ++kk) {
-    const uint16_t* wk = w + kk * 2 * kTileN;
-    float w0[kTileN], w1[kTileN];
-    for (int j = 0; j < kTileN; ++j) {
-      w0[j] = bf16_to_float(wk[2 * j]);
-      w1[j] = bf16_to_float(wk[2 * j + 1]);
+  std::memset(acc, 0, sizeof(float) * MR * kTileN);
+  for (int64_t k0 = 0; k0 < kp / 2; k0 += kBlockK / 2) {
+    float a[MR][kTileN] = {};
+    for (int64_t kk = k0; kk < std::min(kp / 2, k0 + kBlockK / 2); ++kk) {
+      const uint16_t* wk = w + kk * 2 * kTileN;
+      float w0[kTileN], w1[kTileN];
+      for (int j = 0; j < kTileN; ++j) {
+        w0[j] = bf16_to_float(wk[2 * j]);
+        w1[j] = bf16_to_float(wk[2 * j + 1]);
+      }
+      for (int m = 0; m < MR; ++m) {
+        float x0 = bf16_to_float(x[m * ldx + 2 * kk]), x1 = bf16_to_float(x[m * ldx + 2 * kk + 1]);
+        for (int j = 0; j < kTileN; ++j) a[m][j] += x0 * w0[j] + x1 * w1[j];
+      }
     }
-    for (int m = 0; m < MR; ++m) {
-      float x0 = bf16_to_float(x[m * ldx + 2 * kk]), x1 = bf16_to_float(x[m * ldx + 2 * kk + 1]);
-      for (int j = 0; j < kTileN; ++j) a[m][j] += x0 * w0[j] + x1 * w1[j];
-    }
+    add_block(acc, &a[0][0], MR);
   }
-  std::memcpy(acc, a, sizeof(a));
 }
 
 template <int MR>
 void int8_portable(const void* xv, int64_t ldx, const void* wv, int64_t K, float* acc) {
   const float* x = static_cast<const float*>(xv);
   const int8_t* w = static_cast<const int8_t*>(wv);
-  float a[MR][kTileN] = {};
-  for (int64_t k = 0; k < K; ++k) {
-    const int8_t* wk = w + k * kTileN;
-    for (int m = 0; m < MR; ++m) {
-      float xm = x[m * ldx + k];
-      for (int j = 0; j < kTileN; ++j) a[m][j] += xm * static_cast<float>(wk[j]);
+  std::memset(acc, 0, sizeof(float) * MR * kTileN);
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    float a[MR][kTileN] = {};
+    for (int64_t k = k0; k < std::min(K, k0 + kBlockK); ++k) {
+      const int8_t* wk = w + k * kTileN;
+      for (int m = 0; m < MR; ++m) {
+        float xm = x[m * ldx + k];
+        for (int j = 0; j < kTileN; ++j) a[m][j] += xm * static_cast<float>(wk[j]);
+      }
     }
+    add_block(acc, &a[0][0], MR);
   }
-  std::memcpy(acc, a, sizeof(a));
 }
 
 // -- AVX-512 -------------------------------------------------------------------------------
@@ -86,23 +103,29 @@ template <int MR>
 LLM_AVX512 void f32_avx512(const void* xv, int64_t ldx, const void* wv, int64_t K, float* acc) {
   const float* x = static_cast<const float*>(xv);
   const float* w = static_cast<const float*>(wv);
-  __m512 a[MR][4];
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const float* wk = w + k * kTileN;
-    __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16);
-    __m512 w2 = _mm512_loadu_ps(wk + 32), w3 = _mm512_loadu_ps(wk + 48);
-    for (int m = 0; m < MR; ++m) {
-      __m512 xm = _mm512_set1_ps(x[m * ldx + k]);
-      a[m][0] = _mm512_fmadd_ps(xm, w0, a[m][0]);
-      a[m][1] = _mm512_fmadd_ps(xm, w1, a[m][1]);
-      a[m][2] = _mm512_fmadd_ps(xm, w2, a[m][2]);
-      a[m][3] = _mm512_fmadd_ps(xm, w3, a[m][3]);
+  std::memset(acc, 0, sizeof(float) * MR * kTileN);
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    __m512 a[MR][4];
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
+    for (int64_t k = k0; k < std::min(K, k0 + kBlockK); ++k) {
+      const float* wk = w + k * kTileN;
+      __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16);
+      __m512 w2 = _mm512_loadu_ps(wk + 32), w3 = _mm512_loadu_ps(wk + 48);
+      for (int m = 0; m < MR; ++m) {
+        __m512 xm = _mm512_set1_ps(x[m * ldx + k]);
+        a[m][0] = _mm512_fmadd_ps(xm, w0, a[m][0]);
+        a[m][1] = _mm512_fmadd_ps(xm, w1, a[m][1]);
+        a[m][2] = _mm512_fmadd_ps(xm, w2, a[m][2]);
+        a[m][3] = _mm512_fmadd_ps(xm, w3, a[m][3]);
+      }
     }
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) {
+        float* t = acc + m * kTileN + 16 * i;
+        _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), a[m][i]));
+      }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + m * kTileN + 16 * i, a[m][i]);
 }
 
 // bf16 pairs widened to fp32: the low half of each 32-bit lane is k, the high half k + 1.
@@ -111,28 +134,34 @@ LLM_AVX512 void bf16_avx512(const void* xv, int64_t ldx, const void* wv, int64_t
   const uint16_t* x = static_cast<const uint16_t*>(xv);
   const uint16_t* w = static_cast<const uint16_t*>(wv);
   const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  __m512 a[MR][4];
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
-  for (int64_t kk = 0; kk < kp / 2; ++kk) {
-    const uint16_t* wk = w + kk * 2 * kTileN;
-    __m512 x0[MR], x1[MR];
-    for (int m = 0; m < MR; ++m) {
-      x0[m] = _mm512_set1_ps(bf16_to_float(x[m * ldx + 2 * kk]));
-      x1[m] = _mm512_set1_ps(bf16_to_float(x[m * ldx + 2 * kk + 1]));
-    }
-    for (int i = 0; i < 4; ++i) {
-      __m512i v = _mm512_loadu_si512(wk + 32 * i);
-      __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-      __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+  std::memset(acc, 0, sizeof(float) * MR * kTileN);
+  for (int64_t k0 = 0; k0 < kp / 2; k0 += kBlockK / 2) {
+    __m512 a[MR][4];
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
+    for (int64_t kk = k0; kk < std::min(kp / 2, k0 + kBlockK / 2); ++kk) {
+      const uint16_t* wk = w + kk * 2 * kTileN;
+      __m512 x0[MR], x1[MR];
       for (int m = 0; m < MR; ++m) {
-        a[m][i] = _mm512_fmadd_ps(x0[m], we, a[m][i]);
-        a[m][i] = _mm512_fmadd_ps(x1[m], wo, a[m][i]);
+        x0[m] = _mm512_set1_ps(bf16_to_float(x[m * ldx + 2 * kk]));
+        x1[m] = _mm512_set1_ps(bf16_to_float(x[m * ldx + 2 * kk + 1]));
+      }
+      for (int i = 0; i < 4; ++i) {
+        __m512i v = _mm512_loadu_si512(wk + 32 * i);
+        __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+        for (int m = 0; m < MR; ++m) {
+          a[m][i] = _mm512_fmadd_ps(x0[m], we, a[m][i]);
+          a[m][i] = _mm512_fmadd_ps(x1[m], wo, a[m][i]);
+        }
       }
     }
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) {
+        float* t = acc + m * kTileN + 16 * i;
+        _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), a[m][i]));
+      }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + m * kTileN + 16 * i, a[m][i]);
 }
 
 // VDPBF16PS: each fp32 lane adds the two products of one bf16 pair of x and of w.
@@ -140,46 +169,58 @@ template <int MR>
 LLM_AVX512_BF16 void bf16_avx512bf16(const void* xv, int64_t ldx, const void* wv, int64_t kp, float* acc) {
   const uint16_t* x = static_cast<const uint16_t*>(xv);
   const uint16_t* w = static_cast<const uint16_t*>(wv);
-  __m512 a[MR][4];
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
-  for (int64_t kk = 0; kk < kp / 2; ++kk) {
-    const uint16_t* wk = w + kk * 2 * kTileN;
-    __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 32);
-    __m512i w2 = _mm512_loadu_si512(wk + 64), w3 = _mm512_loadu_si512(wk + 96);
-    for (int m = 0; m < MR; ++m) {
-      uint32_t pair;
-      std::memcpy(&pair, x + m * ldx + 2 * kk, 4);
-      __m512bh xm = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-      a[m][0] = _mm512_dpbf16_ps(a[m][0], xm, (__m512bh)w0);
-      a[m][1] = _mm512_dpbf16_ps(a[m][1], xm, (__m512bh)w1);
-      a[m][2] = _mm512_dpbf16_ps(a[m][2], xm, (__m512bh)w2);
-      a[m][3] = _mm512_dpbf16_ps(a[m][3], xm, (__m512bh)w3);
+  std::memset(acc, 0, sizeof(float) * MR * kTileN);
+  for (int64_t k0 = 0; k0 < kp / 2; k0 += kBlockK / 2) {
+    __m512 a[MR][4];
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
+    for (int64_t kk = k0; kk < std::min(kp / 2, k0 + kBlockK / 2); ++kk) {
+      const uint16_t* wk = w + kk * 2 * kTileN;
+      __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 32);
+      __m512i w2 = _mm512_loadu_si512(wk + 64), w3 = _mm512_loadu_si512(wk + 96);
+      for (int m = 0; m < MR; ++m) {
+        uint32_t pair;
+        std::memcpy(&pair, x + m * ldx + 2 * kk, 4);
+        __m512bh xm = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+        a[m][0] = _mm512_dpbf16_ps(a[m][0], xm, (__m512bh)w0);
+        a[m][1] = _mm512_dpbf16_ps(a[m][1], xm, (__m512bh)w1);
+        a[m][2] = _mm512_dpbf16_ps(a[m][2], xm, (__m512bh)w2);
+        a[m][3] = _mm512_dpbf16_ps(a[m][3], xm, (__m512bh)w3);
+      }
     }
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) {
+        float* t = acc + m * kTileN + 16 * i;
+        _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), a[m][i]));
+      }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + m * kTileN + 16 * i, a[m][i]);
 }
 
 template <int MR>
 LLM_AVX512 void int8_avx512(const void* xv, int64_t ldx, const void* wv, int64_t K, float* acc) {
   const float* x = static_cast<const float*>(xv);
   const int8_t* w = static_cast<const int8_t*>(wv);
-  __m512 a[MR][4];
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const int8_t* wk = w + k * kTileN;
-    __m512 wf[4];
-    for (int i = 0; i < 4; ++i)
-      wf[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + 16 * i))));
-    for (int m = 0; m < MR; ++m) {
-      __m512 xm = _mm512_set1_ps(x[m * ldx + k]);
-      for (int i = 0; i < 4; ++i) a[m][i] = _mm512_fmadd_ps(xm, wf[i], a[m][i]);
+  std::memset(acc, 0, sizeof(float) * MR * kTileN);
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+    __m512 a[MR][4];
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
+    for (int64_t k = k0; k < std::min(K, k0 + kBlockK); ++k) {
+      const int8_t* wk = w + k * kTileN;
+      __m512 wf[4];
+      for (int i = 0; i < 4; ++i)
+        wf[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + 16 * i))));
+      for (int m = 0; m < MR; ++m) {
+        __m512 xm = _mm512_set1_ps(x[m * ldx + k]);
+        for (int i = 0; i < 4; ++i) a[m][i] = _mm512_fmadd_ps(xm, wf[i], a[m][i]);
+      }
     }
+    for (int m = 0; m < MR; ++m)
+      for (int i = 0; i < 4; ++i) {
+        float* t = acc + m * kTileN + 16 * i;
+        _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), a[m][i]));
+      }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(acc + m * kTileN + 16 * i, a[m][i]);
 }
 
 #define LLM_KERNEL_TABLE(fn) \

@@ -19,6 +19,7 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops as ref
 from .ops import BackendUnavailableError, OpTable
@@ -28,7 +29,7 @@ _FLOAT_DTYPES = (torch.float32, torch.bfloat16)
 _state = {"fakes": False, "error": None}
 # packed weights, cached per model / per weight tensor and rebuilt when the tensors change
 _packed_models: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_packed_linears: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_packed_linears = WeakIdKeyDictionary()  # tensors compare by value, so key on identity
 
 
 def extension():
