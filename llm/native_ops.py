@@ -139,10 +139,16 @@ def layer_norm(x, weight, bias, eps):
     return ref.layer_norm(x, weight, bias, eps)
 
 
+def _stamp(t: torch.Tensor):
+    """What identifies a tensor's current contents cheaply: storage, version counter (inference
+    tensors have none: their in-place changes go unseen), dtype and shape."""
+    return (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, tuple(t.shape))
+
+
 def packed_weight(weight: torch.Tensor):
     """(packed, scales) of a [N, K] CPU weight in its own dtype, packed once and reused
     until the tensor changes (in place or by replacement)."""
-    key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+    key = _stamp(weight)
     hit = _packed_linears.get(weight)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -205,7 +211,7 @@ def pack_model(model, weight_format: str | None = None):
     extension()
     fmt = _weight_format(model, weight_format)
     params = list(model.parameters())
-    key = (fmt, tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+    key = (fmt, tuple(_stamp(p) for p in params))
     cache = _packed_models.setdefault(model, {})
     hit = cache.get(fmt)
     if hit is not None and hit[0] == key:
