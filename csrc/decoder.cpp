@@ -1,9 +1,9 @@
 // The whole-model decode step of GPT-2 in C++: `llm.GPTWeights` holds the weights packed
 // once (linear.h layout, fp32 / bf16 / int8), `llm.Decoder` a static fp32 KV cache for B rows
 // and S slots. One call runs embeddings, every layer and the lm_head for T new tokens per row
-// inside a single OpenMP parallel region: the threads split each linear layer's column tiles
-// and the attention's (row, head) pairs, meeting at a barrier between steps, so a token costs
-// one Python call and no thread start-up per op. Fusions: bias (+ GELU) and the residual
+// inside a single OpenMP parallel region: the threads claim each linear layer's column tiles
+// and the attention's (row, head) pairs from shared counters, moving on when a step's items
+// are all done (see Phase), so a token costs one Python call and no thread start-up per op. Fusions: bias (+ GELU) and the residual
 // add in the linear epilogue; layernorm writes the bf16 copy the next bf16 layer reads.
 // Semantics match GPT.forward_cached: token t of row b sits at cache slot pos[t] with learned
 // position position_ids[b, t] and sees the slots <= pos[t] that key_valid[b] marks (and its own).
@@ -11,7 +11,14 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include <atomic>
 #include <cmath>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "attention.h"
@@ -39,6 +46,39 @@ at::Tensor f32_or_none(const at::Tensor& t) {
 }
 
 const float* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
+// One step of the decode (a linear layer, the attention, a layernorm): `total` items that
+// threads claim in chunks from `next`, counting finished ones in `done`. A thread moves on
+// once `done` reaches `total`, so a thread the OS has descheduled (the cores here may be
+// shared) delays a step only by the chunk it holds, where a barrier would wait for it to
+// run again; a late thread finds its missed steps claimed and skips them.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+struct Phase {
+  alignas(64) std::atomic<int64_t> next{0};
+  alignas(64) std::atomic<int64_t> done{0};
+};
+
+template <typename Body>
+void run_phase(Phase& ph, int64_t total, int64_t chunk, Body&& body) {
+  for (;;) {
+    const int64_t a = ph.next.fetch_add(chunk, std::memory_order_relaxed);
+    if (a >= total) break;
+    const int64_t z = std::min(total, a + chunk);
+    body(a, z);
+    ph.done.fetch_add(z - a, std::memory_order_release);
+  }
+  for (int spins = 0; ph.done.load(std::memory_order_acquire) < total; ++spins) {
+    if (spins < 4096)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
+}
 
 }  // namespace
 
@@ -201,64 +241,66 @@ class Decoder : public torch::CustomClassHolder {
     float* vc_all = v_cache_.data_ptr<float>();
     const int64_t layer_cache = B_ * nh * S_ * hs;
 
+    // Phases in order, the same list on every thread: 7 per layer, then ln_f and the lm_head.
+    const int64_t n_phases = 7 * static_cast<int64_t>(W.layers_.size()) + 2;
+    std::unique_ptr<Phase[]> phases(new Phase[n_phases]);
+    const int64_t tile_chunk = 2;
+
 #pragma omp parallel num_threads(nthreads)
     {
-      const int tid = thread_id(), nt = num_threads_in_team();
-      float* scores = scores_.data() + static_cast<size_t>(tid) * S_;
-      int64_t a, z;
-      auto run_linear = [&](const Linear& lin, const float* in, const uint16_t* inb, int64_t rows, int64_t ld_in,
-                            const Epilogue& e) {
-        split_range(lin.view.tiles, tid, nt, &a, &z);
-        linear_tiles(lin.view, in, ld_in, inb, rows, e, a, z);
+      float* scores = scores_.data() + static_cast<size_t>(thread_id()) * S_;
+      Phase* ph = phases.get();
+      auto linear = [&](const Linear& lin, const float* in, const uint16_t* inb, int64_t rows, int64_t ld_in,
+                        const Epilogue& e) {
+        run_phase(*ph++, lin.view.tiles, tile_chunk,
+                  [&](int64_t a, int64_t z) { linear_tiles(lin.view, in, ld_in, inb, rows, e, a, z); });
+      };
+      auto norm_rows = [&](const at::Tensor& w, const at::Tensor& b, int64_t rows, int64_t stride_rows) {
+        run_phase(*ph++, rows, 1, [&](int64_t a, int64_t z) {
+          for (int64_t r = a; r < z; ++r)
+            layer_norm_row(x + (r * stride_rows + stride_rows - 1) * C, w.const_data_ptr<float>(), ptr_or_null(b),
+                           W.eps_, C, ln + r * C, lnb ? lnb + r * kpC : nullptr);
+        });
       };
       for (const Layer& y : W.layers_) {
         const int64_t l = &y - W.layers_.data();
-        split_range(M, tid, nt, &a, &z);
-        for (int64_t r = a; r < z; ++r)
-          layer_norm_row(x + r * C, y.ln1_w.const_data_ptr<float>(), ptr_or_null(y.ln1_b), W.eps_, C, ln + r * C,
-                         lnb ? lnb + r * kpC : nullptr);
-#pragma omp barrier
+        norm_rows(y.ln1_w, y.ln1_b, M, 1);
         Epilogue e_qkv;
         e_qkv.bias = ptr_or_null(y.attn.bias);
         e_qkv.out = qkv;
         e_qkv.ld_out = 3 * C;
-        run_linear(y.attn, ln, lnb, M, C, e_qkv);
-#pragma omp barrier
+        linear(y.attn, ln, lnb, M, C, e_qkv);
         // Append this step's keys and values, then attend: one (row, head) per task.
         float* kc = kc_all + l * layer_cache;
         float* vc = vc_all + l * layer_cache;
-        split_range(B_ * nh, tid, nt, &a, &z);
-        for (int64_t bh = a; bh < z; ++bh) {
-          const int64_t b = bh / nh, h = bh % nh;
-          float* kh = kc + bh * S_ * hs;
-          float* vh = vc + bh * S_ * hs;
-          for (int64_t t = 0; t < T; ++t) {
-            const float* row = qkv + (b * T + t) * 3 * C;
-            std::memcpy(kh + pp[t] * hs, row + C + h * hs, hs * sizeof(float));
-            std::memcpy(vh + pp[t] * hs, row + 2 * C + h * hs, hs * sizeof(float));
+        run_phase(*ph++, B_ * nh, 1, [&](int64_t a, int64_t z) {
+          for (int64_t bh = a; bh < z; ++bh) {
+            const int64_t b = bh / nh, h = bh % nh;
+            float* kh = kc + bh * S_ * hs;
+            float* vh = vc + bh * S_ * hs;
+            for (int64_t t = 0; t < T; ++t) {
+              const float* row = qkv + (b * T + t) * 3 * C;
+              std::memcpy(kh + pp[t] * hs, row + C + h * hs, hs * sizeof(float));
+              std::memcpy(vh + pp[t] * hs, row + 2 * C + h * hs, hs * sizeof(float));
+            }
+            for (int64_t t = 0; t < T; ++t) {
+              const int64_t r = b * T + t;
+              float* o = att + r * C + h * hs;
+              attend_query(qkv + r * 3 * C + h * hs, kh, vh, hs, hs, pp[t], vld ? vld + b * S_ : nullptr, scale,
+                           scores, o);
+              if (attb)
+                for (int64_t d = 0; d < hs; ++d) attb[r * kpC + h * hs + d] = float_to_bf16(o[d]);
+            }
           }
-          for (int64_t t = 0; t < T; ++t) {
-            const int64_t r = b * T + t;
-            float* o = att + r * C + h * hs;
-            attend_query(qkv + r * 3 * C + h * hs, kh, vh, hs, hs, pp[t], vld ? vld + b * S_ : nullptr, scale, scores, o);
-            if (attb)
-              for (int64_t d = 0; d < hs; ++d) attb[r * kpC + h * hs + d] = float_to_bf16(o[d]);
-          }
-        }
-#pragma omp barrier
+        });
         Epilogue e_proj;
         e_proj.bias = ptr_or_null(y.proj.bias);
         e_proj.residual = x;
         e_proj.ld_residual = C;
         e_proj.out = x;
         e_proj.ld_out = C;
-        run_linear(y.proj, att, attb, M, C, e_proj);
-#pragma omp barrier
-        split_range(M, tid, nt, &a, &z);
-        for (int64_t r = a; r < z; ++r)
-          layer_norm_row(x + r * C, y.ln2_w.const_data_ptr<float>(), ptr_or_null(y.ln2_b), W.eps_, C, ln + r * C,
-                         lnb ? lnb + r * kpC : nullptr);
-#pragma omp barrier
+        linear(y.proj, att, attb, M, C, e_proj);
+        norm_rows(y.ln2_w, y.ln2_b, M, 1);
         Epilogue e_fc;
         e_fc.bias = ptr_or_null(y.fc.bias);
         e_fc.gelu = true;
@@ -266,27 +308,21 @@ class Decoder : public torch::CustomClassHolder {
         e_fc.ld_out = H;
         e_fc.out_bf16 = fcb;
         e_fc.ld_out_bf16 = kpH;
-        run_linear(y.fc, ln, lnb, M, C, e_fc);
-#pragma omp barrier
+        linear(y.fc, ln, lnb, M, C, e_fc);
         Epilogue e_mp;
         e_mp.bias = ptr_or_null(y.mproj.bias);
         e_mp.residual = x;
         e_mp.ld_residual = C;
         e_mp.out = x;
         e_mp.ld_out = C;
-        run_linear(y.mproj, fc, fcb, M, H, e_mp);
-#pragma omp barrier
+        linear(y.mproj, fc, fcb, M, H, e_mp);
       }
       // Final layernorm of each row's last token, then the tied lm_head.
-      split_range(B_, tid, nt, &a, &z);
-      for (int64_t b = a; b < z; ++b)
-        layer_norm_row(x + (b * T + T - 1) * C, W.lnf_w_.const_data_ptr<float>(), ptr_or_null(W.lnf_b_), W.eps_, C,
-                       ln + b * C, lnb ? lnb + b * kpC : nullptr);
-#pragma omp barrier
+      norm_rows(W.lnf_w_, W.lnf_b_, B_, T);
       Epilogue e_head;
       e_head.out = lg;
       e_head.ld_out = W.vocab_;
-      run_linear(W.head_, ln, lnb, B_, C, e_head);
+      linear(W.head_, ln, lnb, B_, C, e_head);
     }
     return logits;
   }
