@@ -34,7 +34,7 @@ def _extensions():
 
     here = os.path.dirname(os.path.abspath(__file__))
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++20", "-Wno-unused-function"]
+    cxx_flags = ["-O3", "-fopenmp", "-std=c++20", "-Wno-unused-function", "-Wno-maybe-uninitialized"]
     link_flags = ["-fopenmp"]
     cuda_home = cpp_extension.CUDA_HOME
     with_cuda = (
