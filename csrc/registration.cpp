@@ -123,7 +123,7 @@ TORCH_LIBRARY(llm, m) {
   // KV cache (csrc/attention.cpp).
   m.def("cached_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor q_pos, Tensor? key_valid) -> Tensor");
   m.def("kv_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor pos) -> ()");
-  // Sampling from logits (CUDA only: csrc/cuda/sampling.cu).
+  // Sampling from logits (csrc/sampling.cpp, csrc/cuda/sampling.cu).
   m.def("sample_top_k_top_p(Tensor logits, Tensor uniform, float temperature, int top_k, float top_p) -> Tensor");
   // Introspection.
   m.def("cpu_isa() -> str", &llm::cpu_isa_op);

@@ -16,8 +16,8 @@ from llm import native_ops  # noqa: E402
 
 native_ops.load()
 L = torch.ops.llm
-ISAS = [i for i in ("portable", "avx512", "avx512_bf16")
-        if ("portable", "avx512", "avx512_bf16").index(i) <= ("portable", "avx512", "avx512_bf16").index(L.cpu_best_isa())]
+LEVELS = ("portable", "avx512", "avx512_bf16")
+ISAS = LEVELS[: LEVELS.index(L.cpu_best_isa()) + 1]  # every code path this CPU can run
 
 
 @pytest.fixture(params=ISAS)
@@ -267,3 +267,27 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(x), block(x))
     expect = F.gelu(F.linear(F.layer_norm(x, (24,), lw, lb, 1e-5), w, fb), approximate="tanh")
     torch.testing.assert_close(compiled(x), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_top_k_top_p_matches_filter_logits():
+    from llm.generation import filter_logits
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1001, generator=g) * 3
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 50, 1.0), (1.3, 0, 0.9), (0.8, 20, 0.5), (1.0, 1, 1.0)]:
+        filtered = filter_logits(logits / temperature, top_k or None, top_p)
+        cdf = torch.softmax(filtered.double(), -1).cumsum(-1)
+        for _ in range(8):
+            u = torch.rand(3, generator=g)
+            got = L.sample_top_k_top_p(logits, u, temperature, top_k, top_p)
+            expect = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)[:, 0]
+            assert torch.equal(got, expect), (temperature, top_k, top_p)
+            assert torch.isfinite(filtered.gather(1, got[:, None])).all()  # only kept tokens
+    assert torch.equal(L.sample_top_k_top_p(logits, torch.rand(3), 0.0, 0, 1.0), logits.argmax(-1))
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        L.sample_top_k_top_p(logits, torch.rand(3), 1.0, 0, 0.0)
+    with pytest.raises(RuntimeError, match=r"uniform must be float32 \[3\]"):
+        L.sample_top_k_top_p(logits, torch.rand(2), 1.0, 0, 1.0)
+    from torch.library import opcheck
+
+    opcheck(L.sample_top_k_top_p, (logits, torch.rand(3), 0.9, 10, 0.8))
