@@ -37,7 +37,8 @@ __global__ void __launch_bounds__(kWarps * 32) partial_kernel(const T* __restric
   const int64_t task = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   const int64_t qi = task % Tq, bh = task / Tq, b = bh / nh;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t pos = q_pos[qi];
+  // an out-of-range position (checked on the host except under graph capture) sees nothing
+  const int64_t pos = q_pos[qi] < S ? q_pos[qi] : -1;
   const int64_t start = split * chunk;
   const int64_t end = min(start + chunk, pos + 1);
   float qv[kMaxPerLane], acc[kMaxPerLane];
@@ -106,7 +107,7 @@ __global__ void __launch_bounds__(128) merge_kernel(const float* __restrict__ ws
     const float ms = part[s * (hs + 2)];
     if (ms != -INFINITY) L += __expf(ms - M) * part[s * (hs + 2) + 1];
   }
-  const float inv = 1.0f / L;  // L > 0: a query always sees its own slot
+  const float inv = L > 0.0f ? 1.0f / L : 0.0f;  // L > 0 unless the position was out of range
   for (int64_t d = threadIdx.x; d < hs; d += blockDim.x) {
     float o = 0.0f;
     for (int64_t s = 0; s < splits; ++s) {

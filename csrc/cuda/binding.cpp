@@ -3,6 +3,7 @@
 // header). Built only when torch has CUDA (setup.py defines LLM_WITH_CUDA).
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -96,14 +97,15 @@ at::Tensor bias_gelu(const at::Tensor& x, const std::optional<at::Tensor>& bias)
   return out;
 }
 
-// Positions must lie in [0, S): checked on the host (one small copy), as a bad slot would
-// write outside the cache.
+// Positions must lie in [0, S): checked on the host (one small copy) unless the stream is
+// being captured into a CUDA graph, where a copy is not allowed; the kernels then skip
+// out-of-range slots instead of writing outside the cache.
 void check_positions(const at::Tensor& pos, int64_t count, int64_t S, const at::Tensor& like, const char* op,
                      const char* name) {
   LLM_CHECK(pos.scalar_type() == at::kLong && pos.dim() == 1 && pos.size(0) == count, "llm.", op, ": ", name,
             " must be int64 [", count, "], got ", pos.scalar_type(), " ", shape_str(pos));
   LLM_CHECK(pos.device() == like.device(), "llm.", op, ": ", name, " must be on ", like.device());
-  if (count == 0) return;
+  if (count == 0 || c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return;
   at::Tensor host = pos.to(at::kCPU);
   const int64_t* p = host.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < count; ++i)

@@ -16,7 +16,9 @@ __global__ void __launch_bounds__(256) kv_append_kernel(T* __restrict__ kc, T* _
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t d = i % hs, t = (i / hs) % T_, bh = i / (hs * T_);
-    const int64_t dst = (bh * S + pos[t]) * hs + d;
+    const int64_t slot = pos[t];
+    if (slot < 0 || slot >= S) continue;  // checked on the host except under graph capture
+    const int64_t dst = (bh * S + slot) * hs + d;
     kc[dst] = k[i];
     vc[dst] = v[i];
   }
