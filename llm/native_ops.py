@@ -210,12 +210,12 @@ def pack_model(model, weight_format: str | None = None):
     once per model and format and rebuilt when a parameter changes."""
     extension()
     fmt = _weight_format(model, weight_format)
-    params = list(model.parameters())
-    key = (fmt, tuple(_stamp(p) for p in params))
+    stamp = tuple(_stamp(p) for p in model.parameters())
     cache = _packed_models.setdefault(model, {})
-    hit = cache.get(fmt)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    for f in [f for f, (s, _) in cache.items() if s != stamp]:
+        del cache[f]  # weights changed: drop every stale packed copy
+    if fmt in cache:
+        return cache[fmt][1]
     empty = torch.empty(0)
 
     def t(p):
@@ -232,7 +232,7 @@ def pack_model(model, weight_format: str | None = None):
         weights = torch.classes.llm.GPTWeights(
             model.config.n_head, float(model.config.layer_norm_epsilon), t(tr.wte.weight), t(tr.wpe.weight),
             tensors, t(tr.ln_f.weight), t(tr.ln_f.bias), fmt)
-    cache[fmt] = (key, weights)
+    cache[fmt] = (stamp, weights)
     return weights
 
 

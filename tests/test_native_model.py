@@ -200,3 +200,15 @@ def test_unbuilt_extension(monkeypatch):
     assert get_ops("auto").name in ("torch", "triton")
     model = GPT(GPTConfig.from_preset("tiny"), backend="auto")
     assert model.generate(torch.tensor([[1, 2, 3]]), 2).shape == (1, 5)
+
+
+@needs_native
+def test_decoder_repacks_after_weights_change():
+    ref, nat = pair()
+    ids = torch.randint(0, ref.config.vocab_size, (1, 5))
+    nat.generate(ids, 3)  # packs
+    with torch.no_grad():
+        for model in (ref, nat):
+            model.transformer.h[0].mlp.c_fc.weight.mul_(-3.0)
+            model.lm_head.weight.add_(0.05)
+    torch.testing.assert_close(decode_logits(nat, ids, 2), decode_logits(ref, ids, 2), rtol=1e-4, atol=1e-4)
