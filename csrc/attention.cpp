@@ -17,8 +17,14 @@
 
 namespace llm {
 
-// target_clones: GCC compiles an AVX-512 and a baseline copy and picks one by CPUID at load.
-__attribute__((target_clones("avx512f", "default")))
+// target_clones: GCC compiles an AVX-512 and a baseline copy and picks one by CPUID at load
+// (independently of set_cpu_isa, which steers the linear kernels).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LLM_CLONES __attribute__((target_clones("avx512f", "default")))
+#else
+#define LLM_CLONES
+#endif
+LLM_CLONES
 void attend_query(const float* q, const float* k, const float* v, int64_t ld, int64_t hs, int64_t pos,
                   const bool* valid, float scale, float* scores, float* out) {
   float mx = -INFINITY;

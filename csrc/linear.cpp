@@ -10,7 +10,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#define LLM_X86 1
 #include <immintrin.h>
+#endif
 
 #include <cmath>
 #include <vector>
@@ -93,6 +96,7 @@ void int8_portable(const void* xv, int64_t ldx, const void* wv, int64_t K, float
   }
 }
 
+#ifdef LLM_X86
 // -- AVX-512 -------------------------------------------------------------------------------
 // Each k step loads one 64-column row of the tile (4 registers) and updates MR x 4 sums.
 
@@ -223,17 +227,27 @@ LLM_AVX512 void int8_avx512(const void* xv, int64_t ldx, const void* wv, int64_t
   }
 }
 
+#endif  // LLM_X86
+
 #define LLM_KERNEL_TABLE(fn) \
   { fn<1>, fn<2>, fn<3>, fn<4> }
 
 Kernel pick_kernel(WFormat format, Isa isa, int64_t mr) {
+#ifdef LLM_X86
   static const Kernel f32[3][4] = {LLM_KERNEL_TABLE(f32_portable), LLM_KERNEL_TABLE(f32_avx512),
                                    LLM_KERNEL_TABLE(f32_avx512)};
   static const Kernel bf16[3][4] = {LLM_KERNEL_TABLE(bf16_portable), LLM_KERNEL_TABLE(bf16_avx512),
                                     LLM_KERNEL_TABLE(bf16_avx512bf16)};
   static const Kernel int8[3][4] = {LLM_KERNEL_TABLE(int8_portable), LLM_KERNEL_TABLE(int8_avx512),
                                     LLM_KERNEL_TABLE(int8_avx512)};
-  int i = static_cast<int>(isa);
+  const int i = static_cast<int>(isa);
+#else  // other CPUs: the portable kernels only (best_isa() is portable there)
+  static const Kernel f32[1][4] = {LLM_KERNEL_TABLE(f32_portable)};
+  static const Kernel bf16[1][4] = {LLM_KERNEL_TABLE(bf16_portable)};
+  static const Kernel int8[1][4] = {LLM_KERNEL_TABLE(int8_portable)};
+  const int i = 0;
+  (void)isa;
+#endif
   switch (format) {
     case WFormat::f32: return f32[i][mr - 1];
     case WFormat::bf16: return bf16[i][mr - 1];
