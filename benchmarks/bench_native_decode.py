@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     hf, model = build_models(args.seed)
     ids = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
     n = args.new_tokens
@@ -112,7 +113,7 @@ def main():
         rec["bandwidth_gbs_after"] = read_bandwidth_gbs(buf)
         rounds.append(rec)
         print(f"round {r}: bandwidth {rec['bandwidth_gbs']:.1f}/{rec['bandwidth_gbs_after']:.1f} GB/s, "
-              + ", ".join(f"{k} {rec[k]['ms_per_token']:.2f}" for k in engines))
+              + ", ".join(f"{k} {rec[k]['ms_per_token']:.2f}" for k in engines), flush=True)
     os.environ.pop("LLM_NATIVE_WEIGHTS", None)
 
     bw = statistics.median([x for r in rounds for x in (r["bandwidth_gbs"], r["bandwidth_gbs_after"])])
@@ -162,6 +163,7 @@ def main():
         "llm": llm.__version__,
         "setup": {"model": "gpt2 124M shape, random weights", "batch": 1, "prompt": ids.shape[1], "new_tokens": n},
         "bandwidth_gbs_median": bw,
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # other processes on the same cores
         "rounds": rounds,
         "summary": summary,
         "low_precision_accuracy": accuracy,
@@ -170,7 +172,8 @@ def main():
     with open(RESULTS, "a") as f:
         f.write(json.dumps(record) + "\n")
 
-    print(f"\nread bandwidth (torch.sum, 2 threads, median of the run): {bw:.1f} GB/s")
+    print(f"\nread bandwidth (torch.sum, {args.threads} threads, median of the run): {bw:.1f} GB/s; "
+          f"1-min load average {record['load_average_1min'][0]:.1f} -> {record['load_average_1min'][1]:.1f}")
     print("| engine | ms/token | tokens/s | weights read/token | GB/s | % of bandwidth | vs transformers | vs native fp32 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, s in summary.items():
