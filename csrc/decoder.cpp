@@ -217,7 +217,8 @@ class Decoder : public torch::CustomClassHolder {
     const bool bf16 = W.head_.view.format == WFormat::bf16;
     const int64_t kpC = (C + 1) / 2 * 2, kpH = (H + 1) / 2 * 2;
 
-    resize(M, C, H, kpC, kpH, bf16);
+    const int nthreads = max_threads();
+    resize(M, C, H, kpC, kpH, bf16, nthreads);
     float* x = x_.data();
     // Embeddings: x[r] = wte[token] + wpe[position].
     const float* wte = W.wte_.const_data_ptr<float>();
@@ -227,28 +228,30 @@ class Decoder : public torch::CustomClassHolder {
 
     at::Tensor logits = at::empty({B_, W.vocab_}, W.wte_.options().dtype(at::kFloat));
     float* lg = logits.data_ptr<float>();
-    float* ln = ln_.data();
     float* qkv = qkv_.data();
     float* att = att_.data();
     float* fc = fc_.data();
-    uint16_t* lnb = bf16 ? lnb_.data() : nullptr;
     uint16_t* attb = bf16 ? attb_.data() : nullptr;
     uint16_t* fcb = bf16 ? fcb_.data() : nullptr;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-    const int nthreads = max_threads();
     scores_.assign(static_cast<size_t>(nthreads) * S_, 0.0f);
     float* kc_all = k_cache_.data_ptr<float>();
     float* vc_all = v_cache_.data_ptr<float>();
     const int64_t layer_cache = B_ * nh * S_ * hs;
 
-    // Phases in order, the same list on every thread: 7 per layer, then ln_f and the lm_head.
-    const int64_t n_phases = 7 * static_cast<int64_t>(W.layers_.size()) + 2;
+    // Phases in order, the same list on every thread: 5 per layer, then the lm_head.
+    const int64_t n_phases = 5 * static_cast<int64_t>(W.layers_.size()) + 1;
     std::unique_ptr<Phase[]> phases(new Phase[n_phases]);
     const int64_t tile_chunk = 2;
 
 #pragma omp parallel num_threads(nthreads)
     {
-      float* scores = scores_.data() + static_cast<size_t>(thread_id()) * S_;
+      const int tid = thread_id();
+      float* scores = scores_.data() + static_cast<size_t>(tid) * S_;
+      // Each thread normalizes the rows itself into its own buffer: a layernorm is tiny
+      // next to the layer after it, and this way it needs no step of its own to wait on.
+      float* ln = ln_.data() + tid * M * C;
+      uint16_t* lnb = bf16 ? lnb_.data() + tid * M * kpC : nullptr;
       Phase* ph = phases.get();
       auto linear = [&](const Linear& lin, const float* in, const uint16_t* inb, int64_t rows, int64_t ld_in,
                         const Epilogue& e) {
@@ -256,11 +259,9 @@ class Decoder : public torch::CustomClassHolder {
                   [&](int64_t a, int64_t z) { linear_tiles(lin.view, in, ld_in, inb, rows, e, a, z); });
       };
       auto norm_rows = [&](const at::Tensor& w, const at::Tensor& b, int64_t rows, int64_t stride_rows) {
-        run_phase(*ph++, rows, 1, [&](int64_t a, int64_t z) {
-          for (int64_t r = a; r < z; ++r)
-            layer_norm_row(x + (r * stride_rows + stride_rows - 1) * C, w.const_data_ptr<float>(), ptr_or_null(b),
-                           W.eps_, C, ln + r * C, lnb ? lnb + r * kpC : nullptr);
-        });
+        for (int64_t r = 0; r < rows; ++r)
+          layer_norm_row(x + (r * stride_rows + stride_rows - 1) * C, w.const_data_ptr<float>(), ptr_or_null(b),
+                         W.eps_, C, ln + r * C, lnb ? lnb + r * kpC : nullptr);
       };
       for (const Layer& y : W.layers_) {
         const int64_t l = &y - W.layers_.data();
@@ -331,16 +332,17 @@ class Decoder : public torch::CustomClassHolder {
   at::Tensor v_cache() const { return v_cache_; }
 
  private:
-  void resize(int64_t M, int64_t C, int64_t H, int64_t kpC, int64_t kpH, bool bf16) {
-    if (rows_ == M) return;
+  void resize(int64_t M, int64_t C, int64_t H, int64_t kpC, int64_t kpH, bool bf16, int nthreads) {
+    if (rows_ == M && threads_ == nthreads) return;
     rows_ = M;
+    threads_ = nthreads;
     x_.assign(M * C, 0.0f);
-    ln_.assign(M * C, 0.0f);
+    ln_.assign(nthreads * M * C, 0.0f);
     qkv_.assign(M * 3 * C, 0.0f);
     att_.assign(M * C, 0.0f);
     fc_.assign(M * H, 0.0f);
     if (bf16) {  // the zero padding past C / H stays zero
-      lnb_.assign(M * kpC, 0);
+      lnb_.assign(nthreads * M * kpC, 0);
       attb_.assign(M * kpC, 0);
       fcb_.assign(M * kpH, 0);
     }
@@ -348,6 +350,7 @@ class Decoder : public torch::CustomClassHolder {
 
   c10::intrusive_ptr<GPTWeights> w_;
   int64_t B_, S_, rows_ = -1;
+  int threads_ = 0;
   at::Tensor k_cache_, v_cache_;  // [L, B, nh, S, hs]
   std::vector<float> x_, ln_, qkv_, att_, fc_, scores_;
   std::vector<uint16_t> lnb_, attb_, fcb_;

@@ -26,7 +26,7 @@ from .ops import BackendUnavailableError, OpTable
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16)
-_state = {"fakes": False, "error": None}
+_state = {"fakes": False}
 # packed weights, cached per model / per weight tensor and rebuilt when the tensors change
 _packed_models: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _packed_linears = WeakIdKeyDictionary()  # tensors compare by value, so key on identity
