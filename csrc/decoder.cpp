@@ -118,12 +118,16 @@ class GPTWeights : public torch::CustomClassHolder {
       H_ = t[8].size(0);
       y.fc = pack(t[8], t[9], H_, C_);
       y.mproj = pack(t[10], t[11], C_, H_);
-      LLM_CHECK(y.ln1_w.numel() == C_ && y.ln2_w.numel() == C_, "llm.", op, ": layernorm weights of layer ", l,
-                " must have ", C_, " elements");
+      for (const at::Tensor* t : {&y.ln1_w, &y.ln1_b, &y.ln2_w, &y.ln2_b})
+        LLM_CHECK(!t->defined() || t->numel() == C_, "llm.", op, ": layernorm parameters of layer ", l,
+                  " must have ", C_, " elements, got ", t->numel());
       layers_.push_back(std::move(y));
     }
     lnf_w_ = lnf_w.to(at::kFloat).contiguous();
     lnf_b_ = f32_or_none(lnf_b);
+    for (const at::Tensor* t : {&lnf_w_, &lnf_b_})
+      LLM_CHECK(!t->defined() || t->numel() == C_, "llm.", op, ": ln_f parameters must have ", C_,
+                " elements, got ", t->numel());
     head_ = pack(wte, at::Tensor(), vocab_, C_);
   }
 

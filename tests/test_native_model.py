@@ -212,3 +212,18 @@ def test_decoder_repacks_after_weights_change():
             model.transformer.h[0].mlp.c_fc.weight.mul_(-3.0)
             model.lm_head.weight.add_(0.05)
     torch.testing.assert_close(decode_logits(nat, ids, 2), decode_logits(ref, ids, 2), rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_packing_rejects_mismatched_weights():
+    from llm.native_ops import pack_model
+
+    _, nat = pair()
+    with torch.no_grad():
+        nat.transformer.ln_f.weight = torch.nn.Parameter(torch.ones(7))
+    with pytest.raises(RuntimeError, match="ln_f parameters must have 64 elements, got 7"):
+        pack_model(nat)
+    _, nat = pair()
+    nat.transformer.h[1].attn.c_attn.bias = torch.nn.Parameter(torch.zeros(5))
+    with pytest.raises(RuntimeError, match="bias of 192 features has 5 elements"):
+        pack_model(nat)
