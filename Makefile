@@ -8,19 +8,21 @@ PIP    := $(PY) -m pip
 # Everything installs from package registries; nothing is downloaded at run or test time.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test install install-test bench clean
+.PHONY: run test install install-test bench bench-native clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 
+# The C++ extension llm._C builds against the installed torch: torch (pinned) and the build
+# tools first, then the package without build isolation (which would fetch another torch).
 install: $(VENV)/bin/activate
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet torch==2.13.0 setuptools wheel
+	$(PIP) install --quiet --no-build-isolation -e .
 
 install-test: $(VENV)/bin/activate
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet torch==2.13.0 setuptools wheel
+	$(PIP) install --quiet --no-build-isolation -e ".[test]"
 
 run: install
 	$(PY) -m llm demo
@@ -31,5 +33,8 @@ test: install-test
 bench: install-test
 	$(PY) benchmarks/bench_decode.py
 
+bench-native: install-test
+	$(PY) benchmarks/bench_native_decode.py
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info llm/_C*.so

@@ -1,0 +1,174 @@
+// Attention over a static KV cache, and appending to it.
+//
+// cached_attention: each query i of row b sits at cache slot q_pos[i] and attends to the
+// slots j <= q_pos[i] that key_valid[b] marks real (and always to its own slot), with an
+// exact softmax in fp32: scores, their max, exp and sum, then the weighted sum of V. One
+// (row, head, query) per task; decode has one query per row, prefill many. Its work is
+// O(S * hs) per query, small next to the weights a decode step reads.
+// kv_append writes new keys/values at given slots of the cache (in place).
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "attention.h"
+#include "common.h"
+
+namespace llm {
+
+// target_clones: GCC compiles an AVX-512 and a baseline copy and picks one by CPUID at load
+// (independently of set_cpu_isa, which steers the linear kernels).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LLM_CLONES __attribute__((target_clones("avx512f", "default")))
+#else
+#define LLM_CLONES
+#endif
+LLM_CLONES
+void attend_query(const float* q, const float* k, const float* v, int64_t ld, int64_t hs, int64_t pos,
+                  const bool* valid, float scale, float* scores, float* out) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j <= pos; ++j) {
+    if (valid && !valid[j] && j != pos) {
+      scores[j] = -INFINITY;
+      continue;
+    }
+    const float* kj = k + j * ld;
+    float part[16] = {};
+    int64_t d = 0;
+    for (; d + 16 <= hs; d += 16)
+      for (int t = 0; t < 16; ++t) part[t] += q[d + t] * kj[d + t];
+    float s = 0.0f;
+    for (; d < hs; ++d) s += q[d] * kj[d];
+    for (int t = 0; t < 16; ++t) s += part[t];
+    s *= scale;
+    scores[j] = s;
+    mx = s > mx ? s : mx;
+  }
+  for (int64_t d = 0; d < hs; ++d) out[d] = 0.0f;
+  float sum = 0.0f;
+  for (int64_t j = 0; j <= pos; ++j) {
+    if (scores[j] == -INFINITY) continue;
+    float p = std::exp(scores[j] - mx);
+    sum += p;
+    const float* vj = v + j * ld;
+    for (int64_t d = 0; d < hs; ++d) out[d] += p * vj[d];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t d = 0; d < hs; ++d) out[d] *= inv;
+}
+
+namespace {
+
+void check_positions(const at::Tensor& pos, int64_t count, int64_t S, const char* op, const char* name) {
+  check_cpu_tensor(pos, op, name);
+  LLM_CHECK(pos.scalar_type() == at::kLong, "llm.", op, ": ", name, " must be int64, got ", pos.scalar_type());
+  LLM_CHECK(pos.dim() == 1 && pos.size(0) == count, "llm.", op, ": ", name, " must have shape [", count,
+            "], got ", shape_str(pos));
+  at::Tensor p = pos.contiguous();
+  const int64_t* pp = p.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; ++i)
+    LLM_CHECK(pp[i] >= 0 && pp[i] < S, "llm.", op, ": ", name, "[", i, "] = ", pp[i],
+              " is outside the cache [0, ", S, ")");
+}
+
+void check_cache_pair(const at::Tensor& kc, const at::Tensor& vc, const char* op) {
+  check_cpu_tensor(kc, op, "k_cache");
+  check_cpu_tensor(vc, op, "v_cache");
+  check_float_dtype(kc, op, "k_cache");
+  check_dim(kc, 4, op, "k_cache");
+  check_contiguous(kc, op, "k_cache");
+  check_contiguous(vc, op, "v_cache");
+  LLM_CHECK(vc.sizes() == kc.sizes() && vc.scalar_type() == kc.scalar_type(), "llm.", op,
+            ": v_cache (", vc.scalar_type(), " ", shape_str(vc), ") must match k_cache (", kc.scalar_type(), " ",
+            shape_str(kc), ")");
+}
+
+at::Tensor to_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat ? t.contiguous() : t.to(at::kFloat).contiguous();
+}
+
+}  // namespace
+
+at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& q_pos, const std::optional<at::Tensor>& key_valid) {
+  const char* op = "cached_attention";
+  check_cache_pair(k_cache, v_cache, op);
+  check_cpu_tensor(q, op, "q");
+  check_dim(q, 4, op, "q");
+  LLM_CHECK(q.scalar_type() == k_cache.scalar_type(), "llm.", op, ": q dtype ", q.scalar_type(),
+            " differs from the cache's ", k_cache.scalar_type());
+  const int64_t B = k_cache.size(0), nh = k_cache.size(1), S = k_cache.size(2), hs = k_cache.size(3);
+  LLM_CHECK(q.size(0) == B && q.size(1) == nh && q.size(3) == hs, "llm.", op, ": q shape ", shape_str(q),
+            " does not fit the cache ", shape_str(k_cache), " (want [B, nh, Tq, hs])");
+  LLM_CHECK(hs >= 1 && S >= 1, "llm.", op, ": empty cache ", shape_str(k_cache));
+  const int64_t Tq = q.size(2);
+  check_positions(q_pos, Tq, S, op, "q_pos");
+  at::Tensor valid;
+  if (key_valid.has_value()) {
+    check_cpu_tensor(*key_valid, op, "key_valid");
+    LLM_CHECK(key_valid->scalar_type() == at::kBool, "llm.", op, ": key_valid must be bool, got ",
+              key_valid->scalar_type());
+    LLM_CHECK(key_valid->dim() == 2 && key_valid->size(0) == B && key_valid->size(1) == S, "llm.", op,
+              ": key_valid must have shape [", B, ", ", S, "], got ", shape_str(*key_valid));
+    valid = key_valid->contiguous();
+  }
+  at::Tensor qf = to_float(q), kf = to_float(k_cache), vf = to_float(v_cache), pos = q_pos.contiguous();
+  at::Tensor out = at::empty(q.sizes(), q.options().dtype(at::kFloat));
+  const float* qp = qf.const_data_ptr<float>();
+  const float* kp = kf.const_data_ptr<float>();
+  const float* vp = vf.const_data_ptr<float>();
+  const int64_t* pp = pos.const_data_ptr<int64_t>();
+  const bool* vld = valid.defined() ? valid.const_data_ptr<bool>() : nullptr;
+  float* o = out.data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  const int64_t tasks = B * nh * Tq;
+#pragma omp parallel if (tasks * S * hs > 65536)
+  {
+    std::vector<float> scores(S);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t i = task % Tq, bh = task / Tq, b = bh / nh;
+      attend_query(qp + task * hs, kp + bh * S * hs, vp + bh * S * hs, hs, hs, pp[i], vld ? vld + b * S : nullptr,
+                   scale, scores.data(), o + task * hs);
+    }
+  }
+  return q.scalar_type() == at::kFloat ? out : out.to(q.scalar_type());
+}
+
+void kv_append(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+               const at::Tensor& pos) {
+  const char* op = "kv_append";
+  check_cache_pair(k_cache, v_cache, op);
+  const int64_t B = k_cache.size(0), nh = k_cache.size(1), S = k_cache.size(2), hs = k_cache.size(3);
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{k, "k"}, {v, "v"}}) {
+    check_cpu_tensor(t, op, name);
+    check_dim(t, 4, op, name);
+    LLM_CHECK(t.scalar_type() == k_cache.scalar_type(), "llm.", op, ": ", name, " dtype ", t.scalar_type(),
+              " differs from the cache's ", k_cache.scalar_type());
+    LLM_CHECK(t.size(0) == B && t.size(1) == nh && t.size(3) == hs, "llm.", op, ": ", name, " shape ",
+              shape_str(t), " does not fit the cache ", shape_str(k_cache), " (want [B, nh, T, hs])");
+  }
+  LLM_CHECK(v.sizes() == k.sizes(), "llm.", op, ": v shape ", shape_str(v), " differs from k shape ", shape_str(k));
+  const int64_t T = k.size(2);
+  check_positions(pos, T, S, op, "pos");
+  at::Tensor kc = k.contiguous(), vc = v.contiguous(), p = pos.contiguous();
+  const int64_t* pp = p.const_data_ptr<int64_t>();
+  const size_t row = hs * k_cache.element_size();
+  char* kd = static_cast<char*>(k_cache.data_ptr());
+  char* vd = static_cast<char*>(v_cache.data_ptr());
+  const char* ks = static_cast<const char*>(kc.const_data_ptr());
+  const char* vs = static_cast<const char*>(vc.const_data_ptr());
+  for (int64_t bh = 0; bh < B * nh; ++bh)
+    for (int64_t t = 0; t < T; ++t) {
+      std::memcpy(kd + (bh * S + pp[t]) * row, ks + (bh * T + t) * row, row);
+      std::memcpy(vd + (bh * S + pp[t]) * row, vs + (bh * T + t) * row, row);
+    }
+}
+
+}  // namespace llm
+
+TORCH_LIBRARY_IMPL(llm, CPU, m) {
+  m.impl("cached_attention", &llm::cached_attention);
+  m.impl("kv_append", &llm::kv_append);
+}

@@ -1,0 +1,377 @@
+// The whole-model decode step of GPT-2 in C++: `llm.GPTWeights` holds the weights packed
+// once (linear.h layout, fp32 / bf16 / int8), `llm.Decoder` a static fp32 KV cache for B rows
+// and S slots. One call runs embeddings, every layer and the lm_head for T new tokens per row
+// inside a single OpenMP parallel region: the threads claim each linear layer's column tiles
+// and the attention's (row, head) pairs from shared counters, moving on when a step's items
+// are all done (see Phase), so a token costs one Python call and no thread start-up per op. Fusions: bias (+ GELU) and the residual
+// add in the linear epilogue; layernorm writes the bf16 copy the next bf16 layer reads.
+// Semantics match GPT.forward_cached: token t of row b sits at cache slot pos[t] with learned
+// position position_ids[b, t] and sees the slots <= pos[t] that key_valid[b] marks (and its own).
+#include <ATen/ops/empty.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "attention.h"
+#include "common.h"
+#include "layer_norm.h"
+#include "linear.h"
+
+namespace llm {
+
+namespace {
+
+struct Linear {
+  at::Tensor packed, scales, bias;  // bias fp32 or undefined
+  PackedView view{};
+};
+
+struct Layer {
+  at::Tensor ln1_w, ln1_b, ln2_w, ln2_b;  // fp32; bias may be undefined
+  Linear attn, proj, fc, mproj;
+};
+
+at::Tensor f32_or_none(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0) return at::Tensor();
+  return t.to(at::kFloat).contiguous();
+}
+
+const float* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
+// One step of the decode (a linear layer, the attention, a layernorm): `total` items that
+// threads claim in chunks from `next`, counting finished ones in `done`. A thread moves on
+// once `done` reaches `total`, so a thread the OS has descheduled (the cores here may be
+// shared) delays a step only by the chunk it holds, where a barrier would wait for it to
+// run again; a late thread finds its missed steps claimed and skips them.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+struct Phase {
+  alignas(64) std::atomic<int64_t> next{0};
+  alignas(64) std::atomic<int64_t> done{0};
+};
+
+template <typename Body>
+void run_phase(Phase& ph, int64_t total, int64_t chunk, Body&& body) {
+  for (;;) {
+    const int64_t a = ph.next.fetch_add(chunk, std::memory_order_relaxed);
+    if (a >= total) break;
+    const int64_t z = std::min(total, a + chunk);
+    body(a, z);
+    ph.done.fetch_add(z - a, std::memory_order_release);
+  }
+  for (int spins = 0; ph.done.load(std::memory_order_acquire) < total; ++spins) {
+    if (spins < 4096)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
+}
+
+}  // namespace
+
+class GPTWeights : public torch::CustomClassHolder {
+ public:
+  // layer_tensors: per layer, in order, ln_1 weight, bias; c_attn weight [3C, C], bias;
+  // attn c_proj weight [C, C], bias; ln_2 weight, bias; c_fc weight [H, C], bias;
+  // mlp c_proj weight [C, H], bias. An absent bias is an empty tensor.
+  GPTWeights(int64_t n_head, double eps, at::Tensor wte, at::Tensor wpe, std::vector<at::Tensor> layer_tensors,
+             at::Tensor lnf_w, at::Tensor lnf_b, std::string format)
+      : n_head_(n_head), eps_(static_cast<float>(eps)), format_(format) {
+    const char* op = "GPTWeights";
+    check_cpu_tensor(wte, op, "wte");
+    check_float_dtype(wte, op, "wte");
+    check_dim(wte, 2, op, "wte");
+    check_cpu_tensor(wpe, op, "wpe");
+    check_dim(wpe, 2, op, "wpe");
+    vocab_ = wte.size(0);
+    C_ = wte.size(1);
+    LLM_CHECK(wpe.size(1) == C_, "llm.", op, ": wpe ", shape_str(wpe), " does not match wte ", shape_str(wte));
+    LLM_CHECK(n_head >= 1 && C_ % n_head == 0, "llm.", op, ": n_embd ", C_, " is not divisible by n_head ", n_head);
+    LLM_CHECK(layer_tensors.size() % 12 == 0, "llm.", op, ": expected 12 tensors per layer, got ",
+              layer_tensors.size());
+    wte_ = wte.to(at::kFloat).contiguous();
+    wpe_ = wpe.to(at::kFloat).contiguous();
+    n_positions_ = wpe.size(0);
+    const int64_t L = layer_tensors.size() / 12;
+    for (int64_t l = 0; l < L; ++l) {
+      const at::Tensor* t = layer_tensors.data() + 12 * l;
+      Layer y;
+      y.ln1_w = t[0].to(at::kFloat).contiguous();
+      y.ln1_b = f32_or_none(t[1]);
+      y.attn = pack(t[2], t[3], 3 * C_, C_);
+      y.proj = pack(t[4], t[5], C_, C_);
+      y.ln2_w = t[6].to(at::kFloat).contiguous();
+      y.ln2_b = f32_or_none(t[7]);
+      H_ = t[8].size(0);
+      y.fc = pack(t[8], t[9], H_, C_);
+      y.mproj = pack(t[10], t[11], C_, H_);
+      for (const at::Tensor* t : {&y.ln1_w, &y.ln1_b, &y.ln2_w, &y.ln2_b})
+        LLM_CHECK(!t->defined() || t->numel() == C_, "llm.", op, ": layernorm parameters of layer ", l,
+                  " must have ", C_, " elements, got ", t->numel());
+      layers_.push_back(std::move(y));
+    }
+    lnf_w_ = lnf_w.to(at::kFloat).contiguous();
+    lnf_b_ = f32_or_none(lnf_b);
+    for (const at::Tensor* t : {&lnf_w_, &lnf_b_})
+      LLM_CHECK(!t->defined() || t->numel() == C_, "llm.", op, ": ln_f parameters must have ", C_,
+                " elements, got ", t->numel());
+    head_ = pack(wte, at::Tensor(), vocab_, C_);
+  }
+
+  int64_t streamed_bytes() const {  // weight bytes one decode step reads
+    int64_t n = head_.packed.nbytes();
+    for (const auto& y : layers_) n += y.attn.packed.nbytes() + y.proj.packed.nbytes() + y.fc.packed.nbytes() + y.mproj.packed.nbytes();
+    return n;
+  }
+  std::string format() const { return format_; }
+
+  int64_t n_head_, C_ = 0, H_ = 0, vocab_ = 0, n_positions_ = 0;
+  float eps_;
+  std::string format_;
+  at::Tensor wte_, wpe_, lnf_w_, lnf_b_;
+  std::vector<Layer> layers_;
+  Linear head_;
+
+ private:
+  Linear pack(const at::Tensor& w, const at::Tensor& b, int64_t n, int64_t k) {
+    LLM_CHECK(w.dim() == 2 && w.size(0) == n && w.size(1) == k, "llm.GPTWeights: expected a weight of shape [", n,
+              ", ", k, "], got ", shape_str(w));
+    Linear lin;
+    std::tie(lin.packed, lin.scales) = pack_linear_weight(w.contiguous(), format_);
+    lin.bias = f32_or_none(b);
+    LLM_CHECK(!lin.bias.defined() || lin.bias.numel() == n, "llm.GPTWeights: bias of ", n, " features has ",
+              lin.bias.numel(), " elements");
+    lin.view = packed_view(lin.packed, lin.scales, n, k, "GPTWeights");
+    return lin;
+  }
+};
+
+class Decoder : public torch::CustomClassHolder {
+ public:
+  Decoder(c10::intrusive_ptr<GPTWeights> w, int64_t batch_size, int64_t max_seq_len)
+      : w_(std::move(w)), B_(batch_size), S_(max_seq_len) {
+    LLM_CHECK(B_ >= 1, "llm.Decoder: batch_size must be >= 1, got ", B_);
+    LLM_CHECK(S_ >= 1 && S_ <= w_->n_positions_, "llm.Decoder: max_seq_len must be in [1, ", w_->n_positions_,
+              "], got ", S_);
+    const int64_t L = w_->layers_.size(), hs = w_->C_ / w_->n_head_;
+    auto opts = w_->wte_.options().dtype(at::kFloat);
+    k_cache_ = at::empty({L, B_, w_->n_head_, S_, hs}, opts);
+    v_cache_ = at::empty({L, B_, w_->n_head_, S_, hs}, opts);
+  }
+
+  at::Tensor prefill(const at::Tensor& tokens, const at::Tensor& pos, const at::Tensor& position_ids,
+                     const std::optional<at::Tensor>& key_valid) {
+    return step(tokens, pos, position_ids, key_valid);
+  }
+
+  // tokens [B, T] int64, pos [T] cache slots, position_ids [B, T], key_valid [B, S] bool or
+  // None -> logits [B, vocab] fp32 of each row's last token.
+  at::Tensor step(const at::Tensor& tokens, const at::Tensor& pos, const at::Tensor& position_ids,
+                  const std::optional<at::Tensor>& key_valid) {
+    const char* op = "Decoder";
+    const GPTWeights& W = *w_;
+    check_cpu_tensor(tokens, op, "tokens");
+    LLM_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.size(0) == B_ && tokens.size(1) >= 1,
+              "llm.Decoder: tokens must be int64 [", B_, ", T >= 1], got ", tokens.scalar_type(), " ",
+              shape_str(tokens));
+    const int64_t T = tokens.size(1), M = B_ * T, C = W.C_, H = W.H_, nh = W.n_head_, hs = C / nh;
+    check_cpu_tensor(pos, op, "input_pos");
+    LLM_CHECK(pos.scalar_type() == at::kLong && pos.dim() == 1 && pos.size(0) == T,
+              "llm.Decoder: input_pos must be int64 [", T, "], got ", pos.scalar_type(), " ", shape_str(pos));
+    check_cpu_tensor(position_ids, op, "position_ids");
+    LLM_CHECK(position_ids.scalar_type() == at::kLong && position_ids.dim() == 2 && position_ids.size(0) == B_ &&
+                  position_ids.size(1) == T,
+              "llm.Decoder: position_ids must be int64 [", B_, ", ", T, "], got ", position_ids.scalar_type(), " ",
+              shape_str(position_ids));
+    at::Tensor tok = tokens.contiguous(), pc = pos.contiguous(), pid = position_ids.contiguous(), valid;
+    const int64_t* tk = tok.const_data_ptr<int64_t>();
+    const int64_t* pp = pc.const_data_ptr<int64_t>();
+    const int64_t* pi = pid.const_data_ptr<int64_t>();
+    for (int64_t t = 0; t < T; ++t)
+      LLM_CHECK(pp[t] >= 0 && pp[t] < S_, "llm.Decoder: input_pos[", t, "] = ", pp[t], " is outside the cache [0, ",
+                S_, ")");
+    for (int64_t r = 0; r < M; ++r) {
+      LLM_CHECK(tk[r] >= 0 && tk[r] < W.vocab_, "llm.Decoder: token id ", tk[r], " is outside the vocabulary [0, ",
+                W.vocab_, ")");
+      LLM_CHECK(pi[r] >= 0 && pi[r] < W.n_positions_, "llm.Decoder: position id ", pi[r], " is outside [0, ",
+                W.n_positions_, ")");
+    }
+    if (key_valid.has_value()) {
+      check_cpu_tensor(*key_valid, op, "key_valid");
+      LLM_CHECK(key_valid->scalar_type() == at::kBool && key_valid->dim() == 2 && key_valid->size(0) == B_ &&
+                    key_valid->size(1) >= S_,
+                "llm.Decoder: key_valid must be bool [", B_, ", >= ", S_, "], got ", key_valid->scalar_type(), " ",
+                shape_str(*key_valid));
+      valid = key_valid->narrow(1, 0, S_).contiguous();
+    }
+    const bool* vld = valid.defined() ? valid.const_data_ptr<bool>() : nullptr;
+    const bool bf16 = W.head_.view.format == WFormat::bf16;
+    const int64_t kpC = (C + 1) / 2 * 2, kpH = (H + 1) / 2 * 2;
+
+    const int nthreads = max_threads();
+    resize(M, C, H, kpC, kpH, bf16, nthreads);
+    float* x = x_.data();
+    // Embeddings: x[r] = wte[token] + wpe[position].
+    const float* wte = W.wte_.const_data_ptr<float>();
+    const float* wpe = W.wpe_.const_data_ptr<float>();
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < C; ++c) x[r * C + c] = wte[tk[r] * C + c] + wpe[pi[r] * C + c];
+
+    at::Tensor logits = at::empty({B_, W.vocab_}, W.wte_.options().dtype(at::kFloat));
+    float* lg = logits.data_ptr<float>();
+    float* qkv = qkv_.data();
+    float* att = att_.data();
+    float* fc = fc_.data();
+    uint16_t* attb = bf16 ? attb_.data() : nullptr;
+    uint16_t* fcb = bf16 ? fcb_.data() : nullptr;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+    scores_.assign(static_cast<size_t>(nthreads) * S_, 0.0f);
+    float* kc_all = k_cache_.data_ptr<float>();
+    float* vc_all = v_cache_.data_ptr<float>();
+    const int64_t layer_cache = B_ * nh * S_ * hs;
+
+    // Phases in order, the same list on every thread: 5 per layer, then the lm_head.
+    const int64_t n_phases = 5 * static_cast<int64_t>(W.layers_.size()) + 1;
+    std::unique_ptr<Phase[]> phases(new Phase[n_phases]);
+    const int64_t tile_chunk = 2;
+
+#pragma omp parallel num_threads(nthreads)
+    {
+      const int tid = thread_id();
+      float* scores = scores_.data() + static_cast<size_t>(tid) * S_;
+      // Each thread normalizes the rows itself into its own buffer: a layernorm is tiny
+      // next to the layer after it, and this way it needs no step of its own to wait on.
+      float* ln = ln_.data() + tid * M * C;
+      uint16_t* lnb = bf16 ? lnb_.data() + tid * M * kpC : nullptr;
+      Phase* ph = phases.get();
+      auto linear = [&](const Linear& lin, const float* in, const uint16_t* inb, int64_t rows, int64_t ld_in,
+                        const Epilogue& e) {
+        run_phase(*ph++, lin.view.tiles, tile_chunk,
+                  [&](int64_t a, int64_t z) { linear_tiles(lin.view, in, ld_in, inb, rows, e, a, z); });
+      };
+      auto norm_rows = [&](const at::Tensor& w, const at::Tensor& b, int64_t rows, int64_t stride_rows) {
+        for (int64_t r = 0; r < rows; ++r)
+          layer_norm_row(x + (r * stride_rows + stride_rows - 1) * C, w.const_data_ptr<float>(), ptr_or_null(b),
+                         W.eps_, C, ln + r * C, lnb ? lnb + r * kpC : nullptr);
+      };
+      for (const Layer& y : W.layers_) {
+        const int64_t l = &y - W.layers_.data();
+        norm_rows(y.ln1_w, y.ln1_b, M, 1);
+        Epilogue e_qkv;
+        e_qkv.bias = ptr_or_null(y.attn.bias);
+        e_qkv.out = qkv;
+        e_qkv.ld_out = 3 * C;
+        linear(y.attn, ln, lnb, M, C, e_qkv);
+        // Append this step's keys and values, then attend: one (row, head) per task.
+        float* kc = kc_all + l * layer_cache;
+        float* vc = vc_all + l * layer_cache;
+        run_phase(*ph++, B_ * nh, 1, [&](int64_t a, int64_t z) {
+          for (int64_t bh = a; bh < z; ++bh) {
+            const int64_t b = bh / nh, h = bh % nh;
+            float* kh = kc + bh * S_ * hs;
+            float* vh = vc + bh * S_ * hs;
+            for (int64_t t = 0; t < T; ++t) {
+              const float* row = qkv + (b * T + t) * 3 * C;
+              std::memcpy(kh + pp[t] * hs, row + C + h * hs, hs * sizeof(float));
+              std::memcpy(vh + pp[t] * hs, row + 2 * C + h * hs, hs * sizeof(float));
+            }
+            for (int64_t t = 0; t < T; ++t) {
+              const int64_t r = b * T + t;
+              float* o = att + r * C + h * hs;
+              attend_query(qkv + r * 3 * C + h * hs, kh, vh, hs, hs, pp[t], vld ? vld + b * S_ : nullptr, scale,
+                           scores, o);
+              if (attb)
+                for (int64_t d = 0; d < hs; ++d) attb[r * kpC + h * hs + d] = float_to_bf16(o[d]);
+            }
+          }
+        });
+        Epilogue e_proj;
+        e_proj.bias = ptr_or_null(y.proj.bias);
+        e_proj.residual = x;
+        e_proj.ld_residual = C;
+        e_proj.out = x;
+        e_proj.ld_out = C;
+        linear(y.proj, att, attb, M, C, e_proj);
+        norm_rows(y.ln2_w, y.ln2_b, M, 1);
+        Epilogue e_fc;
+        e_fc.bias = ptr_or_null(y.fc.bias);
+        e_fc.gelu = true;
+        e_fc.out = fc;
+        e_fc.ld_out = H;
+        e_fc.out_bf16 = fcb;
+        e_fc.ld_out_bf16 = kpH;
+        linear(y.fc, ln, lnb, M, C, e_fc);
+        Epilogue e_mp;
+        e_mp.bias = ptr_or_null(y.mproj.bias);
+        e_mp.residual = x;
+        e_mp.ld_residual = C;
+        e_mp.out = x;
+        e_mp.ld_out = C;
+        linear(y.mproj, fc, fcb, M, H, e_mp);
+      }
+      // Final layernorm of each row's last token, then the tied lm_head.
+      norm_rows(W.lnf_w_, W.lnf_b_, B_, T);
+      Epilogue e_head;
+      e_head.out = lg;
+      e_head.ld_out = W.vocab_;
+      linear(W.head_, ln, lnb, B_, C, e_head);
+    }
+    return logits;
+  }
+
+  at::Tensor k_cache() const { return k_cache_; }
+  at::Tensor v_cache() const { return v_cache_; }
+
+ private:
+  void resize(int64_t M, int64_t C, int64_t H, int64_t kpC, int64_t kpH, bool bf16, int nthreads) {
+    if (rows_ == M && threads_ == nthreads) return;
+    rows_ = M;
+    threads_ = nthreads;
+    x_.assign(M * C, 0.0f);
+    ln_.assign(nthreads * M * C, 0.0f);
+    qkv_.assign(M * 3 * C, 0.0f);
+    att_.assign(M * C, 0.0f);
+    fc_.assign(M * H, 0.0f);
+    if (bf16) {  // the zero padding past C / H stays zero
+      lnb_.assign(nthreads * M * kpC, 0);
+      attb_.assign(M * kpC, 0);
+      fcb_.assign(M * kpH, 0);
+    }
+  }
+
+  c10::intrusive_ptr<GPTWeights> w_;
+  int64_t B_, S_, rows_ = -1;
+  int threads_ = 0;
+  at::Tensor k_cache_, v_cache_;  // [L, B, nh, S, hs]
+  std::vector<float> x_, ln_, qkv_, att_, fc_, scores_;
+  std::vector<uint16_t> lnb_, attb_, fcb_;
+};
+
+}  // namespace llm
+
+TORCH_LIBRARY_FRAGMENT(llm, m) {
+  m.class_<llm::GPTWeights>("GPTWeights")
+      .def(torch::init<int64_t, double, at::Tensor, at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor,
+                       std::string>())
+      .def("streamed_bytes", &llm::GPTWeights::streamed_bytes)
+      .def("format", &llm::GPTWeights::format);
+  m.class_<llm::Decoder>("Decoder")
+      .def(torch::init<c10::intrusive_ptr<llm::GPTWeights>, int64_t, int64_t>())
+      .def("prefill", &llm::Decoder::prefill)
+      .def("decode_one_token", &llm::Decoder::step)
+      .def("k_cache", &llm::Decoder::k_cache)
+      .def("v_cache", &llm::Decoder::v_cache);
+}
