@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # bytes of shared memory per block
 TARGETS = {80: "sm80", 90: "sm90"}
@@ -85,7 +85,7 @@ def specs() -> list[Spec]:
             p = f"*{dt}"
             # layer norm: the widest block of each row of the width table, and the reduction
             for limit, _ in layernorm._WARPS_BY_BLOCK:
-                cfg = layernorm.row_config(limit, dev)
+                cfg = layernorm.row_config(limit)
                 add("layernorm", layernorm, "_layer_norm_fwd_kernel", cfg.label(), cc, dt,
                     dict(X=p, W=p, B=p, Y=p, Mean="*fp32", Rstd="*fp32"),
                     dict(HAS_BIAS=True), cfg, floats=("eps",))
@@ -179,9 +179,8 @@ def compile_spec(spec: Spec) -> dict:
         f.flush()
         res = subprocess.run([_cuobjdump(), "-res-usage", "-sass", f.name],
                              capture_output=True, text=True, check=True).stdout
-        sass = res
     usage = dict(re.findall(r"\b(REG|SHARED|LOCAL|STACK):(\d+)", res))
-    mma = "HGMMA" if "HGMMA" in sass else "HMMA" if "HMMA" in sass else "-"
+    mma = "HGMMA" if "HGMMA" in res else "HMMA" if "HMMA" in res else "-"
     # register spills land in the stack frame (STACK); LOCAL counts other local memory
     return dict(row, regs=int(usage.get("REG", 0)),
                 spill=int(usage.get("STACK", 0)) + int(usage.get("LOCAL", 0)),

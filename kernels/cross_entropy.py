@@ -179,5 +179,12 @@ def lm_head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                  ignore_index: int = -100) -> torch.Tensor:
     """Mean cross-entropy of h[N, C] @ weight[V, C]^T over targets[N] != ignore_index, as a
     scalar fp32 tensor, without materialising the [N, V] logits."""
+    device_type = h.device.type
+    if torch.is_autocast_enabled(device_type):
+        # As autocast runs F.linear: the logits matmul in the autocast dtype. The op then
+        # runs with autocast off, on exactly the dtypes it is given.
+        dtype = torch.get_autocast_dtype(device_type)
+        h, weight = h.to(dtype), weight.to(dtype)
     needs_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    return _lm_head_loss_op(h, weight, targets, int(ignore_index), needs_grad)[0]
+    with torch.autocast(device_type, enabled=False):
+        return _lm_head_loss_op(h, weight, targets, int(ignore_index), needs_grad)[0]

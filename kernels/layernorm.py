@@ -98,7 +98,7 @@ def _column_sum_kernel(P, Out, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
 # -- host launchers --------------------------------------------------------------------------
 
 
-def row_config(C: int, dev: str = "sm80") -> LaunchConfig:
+def row_config(C: int) -> LaunchConfig:
     """Launch configuration of the row kernels for hidden size C."""
     block = next_pow2(C)
     warps = next(w for limit, w in _WARPS_BY_BLOCK if block <= limit)
@@ -129,7 +129,7 @@ def layer_norm_fwd(x, weight, bias, eps):
     mean = torch.empty(N, dtype=torch.float32, device=x.device)
     rstd = torch.empty(N, dtype=torch.float32, device=x.device)
     if N > 0:
-        cfg = row_config(C, device_class(x))
+        cfg = row_config(C)
         _layer_norm_fwd_kernel[(N,)](
             x2, weight, bias if bias is not None else weight, y, mean, rstd,
             x2.stride(0), y.stride(0), C, eps, HAS_BIAS=bias is not None, **cfg.kwargs())
@@ -157,7 +157,7 @@ def layer_norm_bwd(dy, x, weight, mean, rstd):
     db = torch.empty(C, dtype=weight.dtype, device=x.device)
     if N == 0:
         return dx.view(x.shape), dw.zero_(), db.zero_()
-    cfg = row_config(C, device_class(x))
+    cfg = row_config(C)
     _layer_norm_bwd_dx_kernel[(G,)](
         dy2, x2, weight, mean, rstd, dx, dw_part, db_part, N, C, G,
         dy2.stride(0), x2.stride(0), dx.stride(0), **cfg.kwargs())

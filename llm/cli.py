@@ -79,7 +79,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        from .ops import BackendUnavailableError
+
+        if isinstance(e, RuntimeError) and not isinstance(e, BackendUnavailableError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fileio import atomic_write_text
+
 
 @dataclass
 class GPTConfig:
@@ -24,8 +26,8 @@ class GPTConfig:
     attn_pdrop: float = 0.0
     resid_pdrop: float = 0.0
     bias: bool = True
-    bos_token_id: int = 50256
-    eos_token_id: int = 50256
+    bos_token_id: int | None = 50256  # <|endoftext|>; None where the vocabulary has no such id
+    eos_token_id: int | None = 50256
     extra: dict = field(default_factory=dict, repr=False)  # unknown HF fields, kept for round trips
 
     def __post_init__(self) -> None:
@@ -37,6 +39,11 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
+        for name in ("bos_token_id", "eos_token_id"):
+            # GPT-2's <|endoftext|> (50256) does not exist in a smaller vocabulary
+            token = getattr(self, name)
+            if token is not None and not 0 <= token < self.vocab_size:
+                setattr(self, name, None)
         for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
@@ -50,15 +57,11 @@ class GPTConfig:
     def inner_dim(self) -> int:
         return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
-    @property
-    def dropout(self) -> float:
-        """One dropout rate for all three places, nanoGPT's knob."""
-        return self.resid_pdrop
-
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPTConfig":
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        overrides.setdefault("extra", dict(PRESETS[name].extra))
         return dataclasses.replace(PRESETS[name], **overrides)
 
     # -- Hugging Face config.json -------------------------------------------------------
@@ -134,9 +137,7 @@ class GPTConfig:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
 
 
 # Keys `to_hf_dict` always writes itself (fixed by the architecture).

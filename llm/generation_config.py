@@ -18,6 +18,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fileio import atomic_write_text
+
 # HF fields that change what is generated and that this engine does not implement,
 # with the value that means "off".
 _UNSUPPORTED_HF = {
@@ -244,6 +246,5 @@ class GenerationConfig:
         """Write `generation_config.json` into folder `path` (atomically)."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".generation_config.json.tmp"
-        tmp.write_text(json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, folder / "generation_config.json")
+        atomic_write_text(folder / "generation_config.json",
+                          json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")

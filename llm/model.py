@@ -152,11 +152,15 @@ class GPT(nn.Module):
     def set_backend(self, backend: str | None) -> "GPT":
         """Route every op through `backend`'s op table (see `llm.ops.get_ops`)."""
         self.ops = get_ops(backend)
-        self.backend = self.ops.name
         for m in self.modules():
             if hasattr(m, "ops") and m is not self:
                 m.ops = self.ops
         return self
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend whose op table the model runs."""
+        return self.ops.name
 
     # -- checks ----------------------------------------------------------------------------
     def _check_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:

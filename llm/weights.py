@@ -10,14 +10,15 @@ a bad file never yields a half-loaded model.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
 from .config import GPTConfig
+from .fileio import atomic_path
+from .generation_config import GenerationConfig
 
 # Linear layers that HF keeps in Conv1D layout [in, out].
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -39,7 +40,10 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     if p.is_dir():
         return p
     name = str(path)
-    looks_like_hub = name in HUB_NAMES or (name.count("/") == 1 and not p.is_absolute() and not name.startswith("."))
+    # "owner/repo" is a hub id unless it looks like a local path ("runs/mine" with ./runs there)
+    looks_like_hub = name in HUB_NAMES or (
+        name.count("/") == 1 and not p.is_absolute() and not name.startswith((".", "~"))
+        and not p.parent.exists())
     if not looks_like_hub:
         raise FileNotFoundError(f"model folder not found: {p}")
     repo_id = HUB_NAMES.get(name, name)
@@ -107,7 +111,7 @@ def hf_to_state_dict(hf: dict[str, torch.Tensor], model, source: str) -> dict[st
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{source}: {name!r} is not a tensor")
         if name.endswith(CONV1D_SUFFIXES):
-            t = t.t()
+            t = t.t().contiguous()
         if tuple(t.shape) != tuple(ref.shape):
             what = " (Conv1D layout, transposed)" if name.endswith(CONV1D_SUFFIXES) else ""
             raise ValueError(
@@ -132,13 +136,21 @@ def load_pretrained(path, backend=None, dtype=None, device=None):
     with torch.device("meta"):
         skeleton = GPT(config, backend="torch")
     sd = hf_to_state_dict(hf, skeleton, str(source))  # raises before any model is built
-    model = GPT(config, backend=backend)
-    model.load_state_dict(sd, strict=False)  # lm_head is tied: loaded through wte
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
-    from .generation_config import GenerationConfig
-
-    model.generation_config = GenerationConfig.from_pretrained(folder)
+    generation_config = GenerationConfig.from_pretrained(folder)
+    bad = [t for t in generation_config.eos_token_ids() if not 0 <= t < config.vocab_size]
+    if bad:
+        warnings.warn(f"{folder}: eos_token_id {bad} outside the vocabulary [0, {config.vocab_size}) "
+                      "is ignored", stacklevel=3)
+        kept = [t for t in generation_config.eos_token_ids() if t not in bad]
+        generation_config = generation_config.replace(eos_token_id=kept or None)
+    # The skeleton takes the checked tensors as its parameters (no random init of a
+    # second model); the tie is restored after the assignment replaced wte's parameter.
+    model = skeleton
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight
+    model.to(device=device, dtype=dtype or torch.float32)
+    model.set_backend(backend)
+    model.generation_config = generation_config
     return model.eval()
 
 
@@ -154,24 +166,16 @@ def state_dict_to_hf(model) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model, path) -> None:
-    """Write `config.json` and `model.safetensors` atomically into folder `path`."""
+    """Write `model.safetensors`, `config.json` and `generation_config.json` into folder
+    `path`, each atomically (a crash leaves every file either old or new, never torn)."""
     from safetensors.torch import save_file
 
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     sd = state_dict_to_hf(model)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.safetensors.")
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata={"format": "pt"})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / "model.safetensors")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})
     model.config.save_json(folder / "config.json")
-    gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}
-    if getattr(model, "generation_config", None) is not None:
-        gen = {**gen, **model.generation_config.to_hf_dict()}
-    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is None:
+        generation_config = GenerationConfig(eos_token_id=model.config.eos_token_id)
+    generation_config.save_pretrained(folder)

@@ -9,13 +9,33 @@ from llm.streaming import TextStreamer
 from llm.tokenizer import get_tokenizer
 
 
+HELP_FLAGS = {
+    "generate": ("--model", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
+                 "--seed", "--backend", "--batch-file", "--stop"),
+    "train": ("--data", "--out", "--preset", "--config", "--steps", "--batch-size", "--grad-accum",
+              "--lr", "--backend", "--resume"),
+    "eval": ("--model", "--data"),
+    "demo": ("--out",),
+}
+
+
 def test_help_on_every_command():
     out = subprocess.run([sys.executable, "-m", "llm", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "generate" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "llm", "generate", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for flag in ("--model", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--backend"):
-        assert flag in out.stdout
+    for command, flags in HELP_FLAGS.items():
+        assert command in out.stdout
+        sub = subprocess.run([sys.executable, "-m", "llm", command, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0, sub.stderr
+        for flag in flags:
+            assert flag in sub.stdout, (command, flag)
+
+
+def test_unavailable_backend_is_a_clear_error_not_a_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    GPT(GPTConfig.from_preset("tiny")).save_pretrained(tmp_path / "m")
+    assert main(["generate", "--model", str(tmp_path / "m"), "--backend", "triton"]) == 2
+    assert "backend 'triton'" in capsys.readouterr().err
 
 
 def test_generate_streams_the_greedy_continuation(tmp_path, capsys):

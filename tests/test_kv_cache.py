@@ -5,7 +5,7 @@ import torch
 
 from llm import GPT, GPTConfig
 
-from helpers import TINY_ODD
+from hf_models import TINY_ODD
 
 
 @pytest.fixture(scope="module")

@@ -270,7 +270,7 @@ def test_torch_compile_fullgraph():
 
 
 def test_sample_top_k_top_p_matches_filter_logits():
-    from llm.generation import filter_logits
+    from llm.sampling import filter_logits
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 1001, generator=g) * 3

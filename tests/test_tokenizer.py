@@ -47,17 +47,12 @@ def test_hash_mismatch_is_an_error(tmp_path):
         tok.mergeable_ranks_from_files(bad, encoder)
 
 
-def test_matches_a_tiktoken_encoding_built_by_tiktoken(tmp_path):
+def test_matches_a_tiktoken_encoding_built_by_tiktoken(monkeypatch):
     """tiktoken's own data-gym loader on the same local files gives the same ranks."""
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
     vocab, encoder = tok._bpe_files()
-    import os
-
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""  # no cache writes
-    try:
-        theirs = data_gym_to_mergeable_bpe_ranks(str(vocab), str(encoder), tok.VOCAB_BPE_SHA256,
-                                                 tok.ENCODER_JSON_SHA256)
-    finally:
-        del os.environ["TIKTOKEN_CACHE_DIR"]
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # no cache writes
+    theirs = data_gym_to_mergeable_bpe_ranks(str(vocab), str(encoder), tok.VOCAB_BPE_SHA256,
+                                             tok.ENCODER_JSON_SHA256)
     assert theirs == get_tokenizer()._mergeable_ranks

@@ -314,6 +314,23 @@ def test_lm_head_loss_scales_by_upstream_gradient():
         assert _err(g, r) <= 2e-6 * max(1.0, r.abs().max().item())
 
 
+def test_lm_head_loss_under_autocast_matches_reference():
+    """Under autocast the logits matmul runs in the autocast dtype, as F.linear does there;
+    fp32 h (the layernorm output) with fp16 autocast, gradients back in fp32."""
+    _, cross_entropy, _, _ = _kernels()
+    h, w = randn(37, 24), randn(101, 24, scale=0.3)
+    targets = _targets(37, 101)
+    grads = []
+    for fn in (cross_entropy.lm_head_loss, ops.lm_head_loss):
+        with torch.autocast(DEVICE, dtype=torch.float16):
+            loss = fn(h, w, targets)
+        assert loss.dtype == torch.float32
+        grads.append((loss, *torch.autograd.grad(loss, (h, w))))
+    for got, ref in zip(*grads):
+        assert got.dtype == ref.dtype
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_lm_head_loss_chunks_agree():
     _, cross_entropy, _, _ = _kernels()
     h, w = randn(29, 16, grad=False), randn(211, 16, grad=False)

@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from llm import GPT, GPTConfig
 
-from helpers import TINY_ODD, hf_checkpoint
+from hf_models import TINY_ODD, hf_checkpoint
 
 
 def test_hf_to_llm_to_hf_round_trip(tmp_path):
@@ -78,6 +78,13 @@ def test_missing_weights_file(tmp_path):
         GPT.from_pretrained(folder)
 
 
+def test_missing_relative_folder_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="model folder not found: runs/mine"):
+        GPT.from_pretrained("runs/mine")
+
+
 def test_uncached_hub_name_offline_says_how(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="local folder"):
@@ -131,9 +138,50 @@ def test_unsupported_config_is_refused(tmp_path):
         GPT.from_pretrained(folder)
 
 
-def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
-    model = GPT(GPTConfig(**TINY_ODD))
-    model.save_pretrained(tmp_path / "m")
-    model.save_pretrained(tmp_path / "m")  # overwrite in place
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    old = GPT(GPTConfig(**TINY_ODD))
+    old.save_pretrained(tmp_path / "m")
+    real_save = safetensors.torch.save_file
+
+    def save_half_then_crash(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(1000)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        GPT(GPTConfig(**TINY_ODD)).save_pretrained(tmp_path / "m")
+    monkeypatch.undo()
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors"]
+    again = GPT.from_pretrained(tmp_path / "m")  # the previous save, intact
+    for k, v in old.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_small_vocabulary_model_round_trips_and_generates(tmp_path):
+    """GPT-2's <|endoftext|> (50256) is no token of a 1003-entry vocabulary: no EOS there."""
+    model = GPT(GPTConfig(**TINY_ODD))
+    assert model.config.eos_token_id is None and model.config.bos_token_id is None
+    model.save_pretrained(tmp_path / "m")
+    again = GPT.from_pretrained(tmp_path / "m")
+    x = torch.randint(0, 1003, (1, 5))
+    assert torch.equal(again.generate(x, 6), model.generate(x, 6))
+
+
+def test_out_of_vocabulary_eos_in_generation_config_is_dropped_with_a_warning(tmp_path):
+    folder, hf = hf_checkpoint(tmp_path, **TINY_ODD)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 50256]}))
+    with pytest.warns(UserWarning, match="50256"):
+        model = GPT.from_pretrained(folder)
+    assert model.generation_config.eos_token_ids() == [5]
+
+
+def test_loaded_parameters_are_contiguous_and_tied(tmp_path):
+    folder, _ = hf_checkpoint(tmp_path, **TINY_ODD)
+    model = GPT.from_pretrained(folder)
+    assert all(p.is_contiguous() and p.device.type == "cpu" for p in model.parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight

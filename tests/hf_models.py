@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 TINY_ODD = dict(n_embd=96, n_head=3, n_layer=2, n_positions=77, vocab_size=1003)
 
