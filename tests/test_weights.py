@@ -185,3 +185,26 @@ def test_loaded_parameters_are_contiguous_and_tied(tmp_path):
     model = GPT.from_pretrained(folder)
     assert all(p.is_contiguous() and p.device.type == "cpu" for p in model.parameters())
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_hub_name_is_served_from_the_local_cache_offline(tmp_path, monkeypatch):
+    """A name found in the Hugging Face cache loads without a network."""
+    folder, hf = hf_checkpoint(tmp_path, **TINY_ODD)
+    cache = tmp_path / "hub"
+    revision = "0" * 40
+    snapshot = cache / "models--openai-community--gpt2" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (cache / "models--openai-community--gpt2" / "refs").mkdir()
+    (cache / "models--openai-community--gpt2" / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = GPT.from_pretrained("gpt2")
+    x = torch.randint(0, 1003, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-5, atol=1e-5)
