@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from _harness import ROOT, print_rows, providers, require_cuda, save, time_ms
+from common import print_rows, providers, require_cuda, save_json, time_ms
 
 V, C = 50257, 768
 
@@ -48,7 +48,6 @@ def run(quick=False, dtype=torch.bfloat16):
 
 def _cpu_child(provider: str, rows: int) -> None:
     """Runs in a fresh process: peak-RSS growth of one fwd+bwd of `provider`."""
-    sys.path.insert(0, str(ROOT))
     from llm.ops import get_ops
 
     table = get_ops(provider)
@@ -96,14 +95,14 @@ def main():
     if args.memory_cpu:
         rows = memory_cpu(args.rows)
         print_rows(rows)
-        print("saved", save("cross_entropy_memory_cpu", rows))
+        print("saved", save_json("cross_entropy_memory_cpu", rows=rows))
         return
     if not require_cuda("bench_cross_entropy"):
         print("(peak memory on the CPU: --memory-cpu)")
         return
     rows = run(args.quick)
     print_rows(rows)
-    print("saved", save("cross_entropy", rows))
+    print("saved", save_json("cross_entropy", rows=rows))
 
 
 if __name__ == "__main__":

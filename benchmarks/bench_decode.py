@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, markdown_table, save_results, set_threads  # noqa: E402
-
-from llm import GPT, GPTConfig  # noqa: E402
+from common import append_jsonl, environment, llm_from_hf, markdown_table, set_threads, timed
 
 
 def build(dtype):
+    """transformers' GPT-2 (124M shape, random weights) and llm.GPT with the same weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_embd=768, n_layer=12, n_head=12)).eval().to(dtype)
-    ours = GPT(GPTConfig.from_preset("gpt2"), backend="torch").eval()
-    ours.load_state_dict({k: v.t() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v
-                          for k, v in hf.state_dict().items() if not k.endswith(("attn.bias", "masked_bias"))},
-                         strict=False)
+    ours = llm_from_hf(hf, backend="torch").eval()
     return hf, ours.to(dtype)
 
 
@@ -44,7 +36,9 @@ def main():
     ap.add_argument("--dtypes", default="float32,bfloat16")
     args = ap.parse_args()
     set_threads(args.threads)
-    env = environment()
+    import transformers
+
+    env = environment(transformers=transformers.__version__)
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -62,17 +56,14 @@ def main():
         for _ in range(args.rounds):
             for name, fn in engines.items():
                 with torch.inference_mode():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append(timed(fn)[0])
         base = statistics.median(times["transformers generate"])
         for name, ts in times.items():
             t = statistics.median(ts)
             rows.append({"engine": name, "dtype": dtype_name, "ms/token": 1000 * t / args.new,
                          "tokens/s": args.new / t, "vs transformers": base / t,
                          "same tokens": same})
-        del hf, ours
-    path = save_results("decode_reference", rows, env)
+    path = append_jsonl("decode_reference", {"env": env, "rows": rows})
     print(f"{env['cpu']}, {env['threads']} threads, torch {env['torch']}, commit {env['commit']}")
     print(f"gpt2 124M shape, batch 1, prompt {args.prompt}, {args.new} new tokens, greedy, "
           f"median of {args.rounds} interleaved rounds")

@@ -19,25 +19,20 @@ import datetime as dt
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import RESULTS, git_commit, markdown_table, set_threads, timed
+import llm
+from llm.ops import BackendUnavailableError, get_ops
 
-import llm  # noqa: E402
-from llm.ops import BackendUnavailableError, get_ops  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+# result key -> column title of the printed table
+TABLE = {"batch": "batch", "prompt": "prompt", "engine": "engine", "prefill_ms": "prefill ms",
+         "decode_ms_per_token": "decode ms/token", "ms_per_token": "ms/token (all)",
+         "tokens_per_s": "tokens/s", "median_ms_per_token": "median ms/token"}
 
 
 def _engines(model, hf, device):
@@ -77,11 +72,7 @@ def _engines(model, hf, device):
 
 
 def _time(fn, ids, mask, new, device):
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn(ids, mask, new)
-    _sync(device)
-    dt_s = time.perf_counter() - t0
+    dt_s, out = timed(lambda: fn(ids, mask, new), device)
     assert out.shape == (ids.shape[0], ids.shape[1] + new), out.shape
     return dt_s, out
 
@@ -100,7 +91,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if args.quick:
         config = llm.GPTConfig.from_preset("tiny")
@@ -158,11 +149,6 @@ def main(argv=None) -> int:
             "times_s": [[round(a, 4), round(b, 4)] for a, b in ts],
         })
     rows.sort(key=lambda r: (r["batch"], r["prompt"], r["engine"]))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
     result = {
         "benchmark": "generate",
         "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -170,11 +156,12 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {args.threads} threads",
         "dtype": str(dtype).removeprefix("torch."),
         "model": "tiny" if args.quick else "gpt2 (124M shape, random weights)",
-        "torch": torch.__version__, "transformers": transformers.__version__, "commit": commit,
+        "torch": torch.__version__, "transformers": transformers.__version__, "commit": git_commit(),
         "notes": notes, "command": " ".join(["python", "benchmarks/bench_generate.py", *(argv or sys.argv[1:])]),
         "rows": rows,
     }
-    print(markdown_table(rows))
+    print(markdown_table(rows, list(TABLE), TABLE, align="rrlrrrrr",
+                         specs={"prefill_ms": ".1f", "tokens_per_s": ".1f"}))
     if not args.quick or args.out:
         out = Path(args.out) if args.out else RESULTS / (
             f"generate_{device.type}_{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M}.json")
@@ -182,17 +169,6 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"saved {out}", file=sys.stderr)
     return 0
-
-
-def markdown_table(rows) -> str:
-    lines = ["| batch | prompt | engine | prefill ms | decode ms/token | ms/token (all) | tokens/s "
-             "| median ms/token |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['batch']} | {r['prompt']} | {r['engine']} | {r['prefill_ms']:.1f} | "
-                     f"{r['decode_ms_per_token']:.2f} | {r['ms_per_token']:.2f} | {r['tokens_per_s']:.1f} "
-                     f"| {r['median_ms_per_token']:.2f} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

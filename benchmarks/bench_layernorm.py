@@ -9,7 +9,7 @@ import argparse
 
 import torch
 
-from _harness import copy_bandwidth_gbs, print_rows, providers, require_cuda, save, time_ms
+from common import copy_bandwidth_gbs, print_rows, providers, require_cuda, save_json, time_ms
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -49,7 +49,7 @@ def main():
     print(f"copy bandwidth: {copy_bandwidth_gbs():.0f} GB/s")
     rows = run(args.quick)
     print_rows(rows)
-    print("saved", save("layernorm", rows))
+    print("saved", save_json("layernorm", rows=rows))
 
 
 if __name__ == "__main__":

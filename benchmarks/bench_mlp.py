@@ -9,7 +9,7 @@ import argparse
 
 import torch
 
-from _harness import print_rows, providers, require_cuda, save, time_ms
+from common import print_rows, providers, require_cuda, save_json, time_ms
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -54,7 +54,7 @@ def main():
         return
     rows = run(args.quick)
     print_rows(rows)
-    print("saved", save("mlp", rows))
+    print("saved", save_json("mlp", rows=rows))
 
 
 if __name__ == "__main__":

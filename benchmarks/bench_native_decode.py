@@ -16,37 +16,17 @@ Appends one JSON record to benchmarks/results/native_decode.jsonl and prints a t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
-import time
-from pathlib import Path
 
 import torch
 
+from common import append_jsonl, git_commit, markdown_table, read_bandwidth_gbs, set_threads, timed, utc_time
 import llm
 from llm import GPT
 from llm.native_ops import pack_model
-
-RESULTS = Path(__file__).resolve().parent / "results" / "native_decode.jsonl"
-
-
-def read_bandwidth_gbs(buf: torch.Tensor, reps: int = 5) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        buf.sum()
-        best = min(best, time.perf_counter() - t)
-    return buf.nbytes / best / 1e9
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def build_models(seed: int):
@@ -70,7 +50,7 @@ def main():
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     load_before = os.getloadavg()[0]
     hf, model = build_models(args.seed)
     ids = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
@@ -107,8 +87,8 @@ def main():
     for r in range(args.rounds):
         rec = {"bandwidth_gbs": read_bandwidth_gbs(buf)}
         for name, (fn, _) in engines.items():
-            t1 = timed(lambda: fn(1))
-            tn = timed(lambda: fn(n))
+            t1, _ = timed(lambda: fn(1))
+            tn, _ = timed(lambda: fn(n))
             rec[name] = {"ms_per_token": (tn - t1) / (n - 1) * 1e3, "generate_s": tn}
         rec["bandwidth_gbs_after"] = read_bandwidth_gbs(buf)
         rounds.append(rec)
@@ -148,14 +128,9 @@ def main():
                                                       [0, ids.shape[1]:].float().mean())}
                 for f in formats[1:]}
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
     record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": commit,
+        "time": utc_time(),
+        "commit": git_commit(),
         "machine": platform.processor() or platform.machine(),
         "cpu_isa": torch.ops.llm.cpu_isa(),
         "threads": args.threads,
@@ -168,23 +143,21 @@ def main():
         "summary": summary,
         "low_precision_accuracy": accuracy,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    path = append_jsonl("native_decode", record)
 
     print(f"\nread bandwidth (torch.sum, {args.threads} threads, median of the run): {bw:.1f} GB/s; "
           f"1-min load average {record['load_average_1min'][0]:.1f} -> {record['load_average_1min'][1]:.1f}")
-    print("| engine | ms/token | tokens/s | weights read/token | GB/s | % of bandwidth | vs transformers | vs native fp32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, s in summary.items():
-        print(f"| {name} | {s['ms_per_token']:.2f} | {s['tokens_per_s']:.1f} | {s['weight_bytes'] / 1e6:.0f} MB | "
-              f"{s['gbs']:.1f} | {100 * s['fraction_of_bandwidth']:.0f}% | {s['speedup_vs_transformers']:.2f}x | "
-              f"{s['speedup_vs_native_fp32']:.2f}x |")
+    table = [{"engine": name, "ms/token": f"{s['ms_per_token']:.2f}", "tokens/s": f"{s['tokens_per_s']:.1f}",
+              "weights read/token": f"{s['weight_bytes'] / 1e6:.0f} MB", "GB/s": f"{s['gbs']:.1f}",
+              "% of bandwidth": f"{100 * s['fraction_of_bandwidth']:.0f}%",
+              "vs transformers": f"{s['speedup_vs_transformers']:.2f}x",
+              "vs native fp32": f"{s['speedup_vs_native_fp32']:.2f}x"} for name, s in summary.items()]
+    print(markdown_table(table, list(table[0]), align="lrrrrrrr"))
     for f, a in accuracy.items():
         print(f"{f}: max |logit - fp32 logit| {a['max_abs_logit_err_vs_fp32']:.4f} (logit std {a['logit_std']:.3f}); "
               f"greedy tokens equal to fp32's: {100 * a['greedy_tokens_equal_fp32']:.0f}%")
     print(f"native fp32 greedy tokens equal torch's: {summary['native float32']['same_tokens_as_torch']}")
-    print(f"appended to {RESULTS}")
+    print(f"appended to {path}")
 
 
 if __name__ == "__main__":

@@ -27,22 +27,18 @@ import csv
 import ctypes
 import gc
 import json
-import platform
 import statistics
-import subprocess
-import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import RESULTS, append_jsonl, environment, markdown_table, set_threads, sync, timed
 from llm import GPT, GPTConfig
 from llm.ops import BackendUnavailableError
 from llm.train import param_groups
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # (preset, batch size, context length) per shape: a few steps each on two CPU cores.
 SHAPES = {"tiny": ("tiny", 4, 64), "small": ("small", 8, 256), "gpt2": ("gpt2", 1, 256)}
 
@@ -156,30 +152,6 @@ def make_step(model, device, dtype, clip=1.0):
     return step
 
 
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def environment(device: str) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    env = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit,
-           "machine": platform.machine(), "cpu": cpu, "threads": torch.get_num_threads(),
-           "python": platform.python_version(), "torch": torch.__version__, "device": device}
-    if torch.device(device).type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
-
-
 def bench_shape(shape, dtype, backends, rounds, steps, device):
     preset, B, T = SHAPES[shape]
     config = GPTConfig.from_preset(preset)
@@ -209,12 +181,8 @@ def bench_shape(shape, dtype, backends, rounds, steps, device):
     for r in range(rounds):
         order = list(impls.items())
         for name, step in (order if r % 2 == 0 else order[::-1]):  # ABBA: drift hits both alike
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step(x, y)
-            sync(device)
-            times[name].append((time.perf_counter() - t0) / steps)
+            seconds, _ = timed(lambda: [step(x, y) for _ in range(steps)], device)
+            times[name].append(seconds / steps)
     rows = []
     base = first_loss[names[-1]]
     for name in impls:
@@ -244,8 +212,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     env = environment(args.device)
     for dtype in args.dtypes.split(","):  # first use of the math libraries, kept out of the figures
         bench_shape("tiny", dtype, args.backends.split(","), 1, 1, args.device)
@@ -256,12 +223,14 @@ def main():
             for r in new:
                 print(json.dumps(r))
             rows.extend(new)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "train.jsonl", "a") as f:
-        f.write(json.dumps({"env": env, "rows": rows}) + "\n")
+    append_jsonl("train", {"env": env, "rows": rows})
     csv_path = RESULTS / "train.csv"
-    fields = list(env) + list(rows[0])
     new_file = not csv_path.exists()
+    if new_file:
+        fields = list(env) + list(rows[0])
+    else:  # the file's own columns: an environment with other keys must not shift them
+        with open(csv_path, newline="") as f:
+            fields = next(csv.reader(f))
     with open(csv_path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new_file:
@@ -271,9 +240,7 @@ def main():
     cols = ["shape", "dtype", "impl", "batch", "context", "tokens_per_s", "step_ms", "peak_mem_MB",
             "first_loss_diff"]
     print(f"\n{env['cpu']}, {env['threads']} threads, torch {env['torch']}, commit {env['commit']}\n")
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print(markdown_table(rows, cols, float_spec=""))
 
 
 if __name__ == "__main__":

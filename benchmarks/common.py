@@ -1,46 +1,216 @@
-"""Shared benchmark plumbing: environment record, result files, a read-bandwidth probe."""
+"""The one benchmark harness every script in this folder imports (as the sibling module
+`common`: running `python benchmarks/<script>.py` puts this folder first on sys.path).
+
+  timing      time_ms (CUDA events, median of many runs), timed (wall clock, synced), sync
+  bandwidth   copy_bandwidth_gbs (GPU device-to-device), read_bandwidth_gbs (CPU reads)
+  providers   providers (torch | triton | native, those that load here), require_cuda
+  weights     llm_from_hf (transformers' GPT2LMHeadModel -> llm.GPT, same weights)
+  checks      run_and_grads, max_error, within_2x, check_against_reference (kernel vs fp32
+              reference vs the same torch op in low precision, STYLE.md rule 8)
+  records     environment (for appended JSONL/CSV records), machine (for per-run JSON
+              files), git_commit, set_threads
+  output      save_json (a new file per run), append_jsonl, print_rows, markdown_table
+
+Importing it runs nothing: no measurement, no device query, no change to sys.path.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-def environment() -> dict:
+# -- what can run here -------------------------------------------------------------------------
+
+
+def interpreter_refusal(name: str, action: str) -> str | None:
+    """A message when TRITON_INTERPRET=1 (the CPU interpreter replaces the compiler, so there
+    is nothing real to time or compile), else None."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return f"{name} {action}: unset TRITON_INTERPRET"
+    return None
+
+
+def require_cuda(name: str) -> bool:
+    """True when a CUDA GPU is visible and Triton compiles for it; otherwise says why."""
+    if not torch.cuda.is_available():
+        print(f"{name}: needs a CUDA GPU, and none is visible here; nothing was measured.")
+        return False
+    refusal = interpreter_refusal(name, "times compiled kernels, not the CPU interpreter")
+    if refusal:
+        print(refusal)
+        return False
+    return True
+
+
+def providers(wanted=("torch", "triton", "native")) -> dict:
+    """name -> OpTable for each provider that can run here."""
+    from llm.ops import BackendUnavailableError, get_ops
+
+    out = {}
+    for name in wanted:
+        try:
+            out[name] = get_ops(name)
+        except BackendUnavailableError as e:
+            print(f"[provider {name} skipped: {e}]")
+    return out
+
+
+def set_threads(n: int | None) -> None:
+    """CPU threads for torch, and for any process started from this one."""
+    if n:
+        torch.set_num_threads(n)
+        os.environ["OMP_NUM_THREADS"] = str(n)
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device="cpu") -> tuple[float, object]:
+    """(seconds, result) of one call of fn(), the device synchronized on both sides."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def time_ms(fn, warmup: int = 5, rep: int = 25) -> float:
+    """Median milliseconds of fn() over `rep` runs, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rep):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+_COPY_GBS = None
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (read + write bytes per second), measured once."""
+    global _COPY_GBS
+    if _COPY_GBS is None:
+        src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        ms = time_ms(lambda: dst.copy_(src), warmup=3, rep=10)
+        _COPY_GBS = 2 * nbytes / ms / 1e6
+        del src, dst
+    return _COPY_GBS
+
+
+def read_bandwidth_gbs(buf: torch.Tensor, repeats: int = 5) -> float:
+    """Best-of-N GB/s of torch.sum over `buf` (a read-dominated stream); pass a buffer well
+    beyond the caches, allocated once, so the probe measures reads and not allocation."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - t0)
+    return buf.nbytes / best / 1e9
+
+
+# -- weights -----------------------------------------------------------------------------------
+
+
+def llm_from_hf(hf, backend: str = "torch"):
+    """An llm.GPT holding the weights of transformers' GPT2LMHeadModel `hf`, mapped by the
+    product's own loader (llm.weights), in float32; cast it afterwards if needed."""
+    from llm import GPT, GPTConfig
+    from llm.weights import hf_to_state_dict
+
+    model = GPT(GPTConfig.from_hf_dict(hf.config.to_dict(), "transformers"), backend=backend)
+    # strict=False: lm_head is tied to wte and loaded through it
+    model.load_state_dict(hf_to_state_dict(hf.state_dict(), model, "transformers"), strict=False)
+    return model
+
+
+# -- correctness against the reference ---------------------------------------------------------
+
+
+def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def within_2x(err: float, err_same_precision: float, scale: float = 1.0, slack: float = 1e-5) -> bool:
+    """STYLE.md rule 8: a low-precision kernel may be at most ~2x as far from the reference
+    as the same torch op in that precision (plus `slack` relative to the output's scale)."""
+    return err <= 2 * err_same_precision + slack * scale
+
+
+def run_and_grads(fn, inputs, grad_out_seed: int = 1):
+    """fn(*inputs) and the gradients of <fn, g> w.r.t. every input that requires grad; g is
+    seeded random, or 1 for a scalar output (as loss.backward() does)."""
+    out = fn(*inputs)
+    gen = torch.Generator(device="cpu").manual_seed(grad_out_seed)
+    g = torch.randn(out.shape, generator=gen).to(device=out.device, dtype=out.dtype)
+    if out.dim() == 0:
+        g = torch.ones_like(out)
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    return out, torch.autograd.grad(out, leaves, g)
+
+
+def check_against_reference(name, kernel_fn, ref_fn, inputs, report: list,
+                            dtype=torch.bfloat16, ref_dtype=torch.float32) -> bool:
+    """Kernel in `dtype` vs the reference in `ref_dtype` vs the reference in `dtype`: the
+    output and every gradient, each judged by within_2x; one report row per part."""
+    def leaves(dt):
+        return [t.detach().to(dt).requires_grad_(t.requires_grad)
+                if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs]
+
+    k_out, k_grads = run_and_grads(kernel_fn, leaves(dtype))
+    r_out, r_grads = run_and_grads(ref_fn, leaves(ref_dtype))
+    t_out, t_grads = run_and_grads(ref_fn, leaves(dtype))
+    ok = True
+    parts = [("out", k_out, r_out, t_out)] + [
+        (f"grad{i}", *x) for i, x in enumerate(zip(k_grads, r_grads, t_grads))]
+    for part, k, r, t in parts:
+        ek, et = max_error(k, r), max_error(t, r)
+        good = within_2x(ek, et, scale=max(1.0, r.abs().max().item()))
+        ok &= good
+        report.append(dict(op=name, part=part, err_triton=ek, err_torch_bf16=et,
+                           status="ok" if good else "FAIL"))
+    return ok
+
+
+# -- records -----------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=ROOT).stdout.strip()
     except OSError:
-        commit = ""
-    env = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": commit,
-        "machine": platform.machine(),
-        "cpu": _cpu_name(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    try:
-        import transformers
-
-        env["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    return env
+        return ""
 
 
-def _cpu_name() -> str:
+def utc_time() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -50,38 +220,89 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def save_results(name: str, rows: list[dict], env: dict | None = None) -> Path:
-    """Append one run (environment + rows) to results/<name>.jsonl; returns the path."""
+def environment(device: str | None = None, **extra) -> dict:
+    """The record appended next to each run's rows (JSONL/CSV). The keys stay fixed per
+    script, since CSV columns follow them: `device` only when given, `gpu` when the run is
+    on CUDA (or, without a device named, when one is visible), then `extra` in order."""
+    env = {"time": utc_time(), "commit": git_commit(), "machine": platform.machine(),
+           "cpu": cpu_name(), "threads": torch.get_num_threads(),
+           "python": platform.python_version(), "torch": torch.__version__}
+    if device is not None:
+        env["device"] = device
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_cuda:
+        env["gpu"] = torch.cuda.get_device_name()
+    env.update(extra)
+    return env
+
+
+def machine() -> dict:
+    """The short record at the head of each per-run JSON file (save_json)."""
+    info = dict(python=platform.python_version(), torch=torch.__version__, host=platform.node())
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    commit = git_commit()
+    if commit:
+        info["commit"] = commit
+    return info
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def save_json(name: str, **fields) -> Path:
+    """results/<name>-<time>.json holding {"machine": machine(), **fields}; returns the path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.jsonl"
-    with open(path, "a") as f:
-        f.write(json.dumps({"env": env or environment(), "rows": rows}) + "\n")
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(dict(machine=machine(), **fields), indent=1))
     return path
 
 
-def read_bandwidth_gbs(nbytes: int = 512 << 20, repeats: int = 5) -> float:
-    """Best-of-N GB/s of summing a large fp32 buffer (a read-dominated stream)."""
-    x = torch.ones(nbytes // 4, dtype=torch.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return nbytes / best / 1e9
+def append_jsonl(name: str, record: dict) -> Path:
+    """Append one record as a line of results/<name>.jsonl; returns the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return path
 
 
-def markdown_table(rows: list[dict], cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+def print_rows(rows: list[dict]) -> None:
+    """Rows as right-aligned columns, numbers to 3 significant digits."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(_short(r.get(k))) for r in rows)) for k in keys}
+    print("  ".join(k.rjust(widths[k]) for k in keys))
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+        print("  ".join(_short(r.get(k)).rjust(widths[k]) for k in keys))
+
+
+def markdown_table(rows: list[dict], cols: list[str], titles: dict | None = None,
+                   align: str | None = None, float_spec: str = ".2f",
+                   specs: dict | None = None) -> str:
+    """A markdown table of `cols` (keys of `rows`). titles: key -> column title (default the
+    key); align: one letter per column, l or r (default plain `---`); floats are formatted
+    with specs[key], else `float_spec` ("" prints them as str does)."""
+    titles, specs = titles or {}, specs or {}
+    seps = ["---:" if a == "r" else "---" for a in align] if align else ["---"] * len(cols)
+    lines = ["| " + " | ".join(titles.get(c, c) for c in cols) + " |", "|" + "".join(s + "|" for s in seps)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(format(v, specs.get(c, float_spec)) if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _fmt(v) -> str:
-    return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-
-def set_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(n)
-        os.environ["OMP_NUM_THREADS"] = str(n)
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)

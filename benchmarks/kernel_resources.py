@@ -10,8 +10,11 @@ import os
 import sys
 
 if __name__ == "__main__":
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        sys.exit("kernel_resources.py compiles for real GPUs: unset TRITON_INTERPRET")
+    from common import interpreter_refusal
+
+    refusal = interpreter_refusal("kernel_resources.py", "compiles for real GPUs")
+    if refusal:
+        sys.exit(refusal)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from llm.kernels.aot import main
 
