@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (LaunchConfig, check_device, check_float, device_class, next_pow2,
-                      pick_config)
+from ._common import (LaunchConfig, check_device, check_float, device_class, interpreting,
+                      next_pow2, pick_config)
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 128
@@ -86,10 +86,16 @@ def decode_config(dev: str) -> LaunchConfig:
 # -- kernels ---------------------------------------------------------------------------------
 
 
+# See mlp.py: under Triton's CPU interpreter bf16 MMA operands are widened to fp32.
+_INTERPRETED_BF16_DOT = tl.constexpr(interpreting())
+
+
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
     if IEEE:
         return tl.dot(a, b, input_precision="ieee")
+    elif _INTERPRETED_BF16_DOT and a.dtype == tl.bfloat16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b)
 

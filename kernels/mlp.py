@@ -27,7 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LaunchConfig, check_device, check_float, device_class, pick_config
+from ._common import (LaunchConfig, check_device, check_float, device_class, interpreting,
+                      pick_config)
+
+# Triton's CPU interpreter computes tl.dot on bf16 operands wrongly. There the operands are
+# widened to fp32 first: bf16 x bf16 products are exact in fp32 and the GPU accumulates in
+# fp32, so this is the GPU's arithmetic up to summation order. Compiled kernels (a GPU, or
+# ahead-of-time compilation) never take this branch and keep the bf16 tensor-core MMA.
+_INTERPRETED_BF16_DOT = tl.constexpr(interpreting())
 
 # Launch table keyed by (device class, epilogue): tiles (BLOCK_M, BLOCK_N, BLOCK_K), warps,
 # stages. The GELU-backward epilogue holds two more tiles (h and GELU(h)), so it gets
@@ -110,6 +117,8 @@ def _matmul_kernel(A, B, C, Bias, Aux, Aux2, RowSum, M, N, K,
         b = tl.load(b_ptr, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         if IEEE:
             acc = tl.dot(a, b, acc, input_precision="ieee")
+        elif _INTERPRETED_BF16_DOT and a.dtype == tl.bfloat16:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(a, b, acc)
         if ROW_SUM:

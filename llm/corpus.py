@@ -5,8 +5,9 @@ English prose about programming: module, class and function docstrings, and the 
 reference topics that `help()` shows (`pydoc_data.topics`). `build_corpus` reads them with
 `ast` (no module is imported or run), in sorted file order, and writes them once to a
 `.jsonl` file (one document per module, one per reference topic) in the cache folder; later
-calls reuse that file. About 2.3 MB of text (~0.5M tokens) for CPython 3.11; the exact text
-depends on the Python version, which is part of the file name. No network is involved.
+calls reuse that file. For CPython 3.11.7: 534 documents, 2.3 MB, 660,184 GPT-2 tokens; the
+exact text depends on the Python version, which is part of the file name. No network is
+involved.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from .fileio import atomic_open
 
 CORPUS_VERSION = 2
 # Folders of the standard library that hold tests, demos or third-party packages.
@@ -147,20 +149,11 @@ def build_corpus(cache_dir: str | os.PathLike | None = None, max_bytes: int | No
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            n = 0
-            for doc in harvest_documents(root, max_bytes):
-                fh.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-                n += 1
-            if n == 0:
-                raise ValueError(f"no documentation found in the standard library at {root}")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        n = 0
+        for doc in harvest_documents(root, max_bytes):
+            fh.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+            n += 1
+        if n == 0:
+            raise ValueError(f"no documentation found in the standard library at {root}")
     return path

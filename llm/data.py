@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .fileio import atomic_open, atomic_write_text
 from .tokenizer import EOT_TOKEN, get_tokenizer
 
 CACHE_FORMAT = 1
@@ -152,20 +152,6 @@ def _load_cached(npy_path: Path, meta: dict) -> np.ndarray | None:
     return ids
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is for every reader
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def load_tokens(path: str | os.PathLike, cache: bool = True) -> TokenData:
     """Token ids of a source (see the module docstring), from the cache when it is current.
 
@@ -194,7 +180,8 @@ def load_tokens(path: str | os.PathLike, cache: bool = True) -> TokenData:
         meta = {"format": CACHE_FORMAT, "tokenizer": "gpt2", "files": stat_key, "sha256": sha,
                 "n_tokens": int(len(ids)), "n_documents": len(docs)}
         try:
-            _atomic_write(npy_path, lambda fh: np.save(fh, ids))
+            with atomic_open(npy_path, "wb") as fh:
+                np.save(fh, ids)
             _write_meta(meta_path, meta)
         except OSError:
             pass  # a read-only data folder: use the ids without caching them
@@ -203,7 +190,7 @@ def load_tokens(path: str | os.PathLike, cache: bool = True) -> TokenData:
 
 def _write_meta(meta_path: Path, meta: dict) -> None:
     try:
-        _atomic_write(meta_path, lambda fh: fh.write((json.dumps(meta, indent=1) + "\n").encode()))
+        atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     except OSError:
         pass
 

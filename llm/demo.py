@@ -25,6 +25,8 @@ CONTEXT_LENGTH = 128
 LR = 2e-3  # a small model on a short run learns fastest with a high peak rate
 VAL_FRACTION = 0.02
 PROMPT = "Return the number of"
+TRAIN_SECONDS = 120  # the training budget; a time limit of 1.25x that caps it
+NEW_TOKENS = 48
 
 
 def seconds_per_step(config: GPTConfig, batch_size: int, context_length: int, repeats: int = 3) -> float:
@@ -44,7 +46,7 @@ def seconds_per_step(config: GPTConfig, batch_size: int, context_length: int, re
 
 
 def run_demo(args) -> int:
-    budget = float(getattr(args, "seconds", 120))
+    budget = float(TRAIN_SECONDS)
     out = Path(args.out)
     t0 = time.perf_counter()
     corpus = build_corpus()
@@ -75,11 +77,12 @@ def run_demo(args) -> int:
 
     enc = get_tokenizer()
     ids = torch.tensor([enc.encode(PROMPT)])
-    n_new = 48
     t0 = time.perf_counter()
-    out_ids = model.generate(ids, max_new_tokens=n_new, temperature=0.8, top_k=40,
-                             generator=torch.Generator().manual_seed(0))
+    out = model.generate(ids, max_new_tokens=NEW_TOKENS, temperature=0.8, top_k=40,
+                         generator=torch.Generator().manual_seed(0), return_dict=True, tokenizer=enc)
     dt = time.perf_counter() - t0
-    print("sample:\n" + enc.decode(out_ids[0].tolist()))
-    print(f"generation: {n_new} tokens in {dt:.2f}s ({n_new / dt:.1f} tokens/s, KV cache, backend {model.backend})")
+    n_new = len(out.new_tokens[0])  # fewer than NEW_TOKENS if it stopped at <|endoftext|>
+    print("sample:\n" + PROMPT + out.texts[0])
+    print(f"generation: {n_new} tokens in {dt:.2f}s ({n_new / dt:.1f} tokens/s, KV cache, "
+          f"backend {model.backend})")
     return 0

@@ -8,8 +8,9 @@ scheduler, RNG states, step and data position; the newest few kept), `loss.png`,
 end the model as `config.json` + `model.safetensors` (loadable by `GPT.from_pretrained`,
 `llm generate --model out_dir` and transformers).
 
-Resuming loads the newest checkpoint and continues so that every later loss equals the one
-an uninterrupted run computes. Seeded: the same settings give the same losses on CPU.
+Resuming loads the newest checkpoint and continues so that every later loss, training and
+validation, equals the one an uninterrupted run computes. Seeded: the same settings give the
+same losses on CPU.
 """
 
 from __future__ import annotations
@@ -105,9 +106,13 @@ class TrainConfig:
         )
 
 
-# Settings that may differ when a run is resumed: they do not change its losses.
-RESUME_MAY_CHANGE = {"steps", "device", "eval_every", "eval_batches", "checkpoint_every",
-                     "keep_checkpoints", "max_seconds"}
+# Settings that may differ when a run is resumed. None changes a loss already in the history:
+# `steps` moves the end of the cosine decay (warmup stays as resolved at the start),
+# `eval_every` only which steps are validated, `device` (like `train`'s `backend` argument)
+# only the float rounding of the same math. `eval_batches` is not here: it changes what a
+# validation loss measures, so one history would mix two estimates.
+RESUME_MAY_CHANGE = {"steps", "device", "eval_every", "checkpoint_every", "keep_checkpoints",
+                     "max_seconds"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -136,6 +141,9 @@ class TrainResult:
     val_losses: list = field(default_factory=list)  # [(step, loss)]
     tokens_per_s: float = 0.0  # this invocation's training steps only
     seconds: float = 0.0
+    # validation loss of the returned model (at `step`); after a time-limit stop off the eval
+    # schedule it is not in val_losses, so a resumed run's history equals an uninterrupted one
+    final_val_loss: float | None = None
 
 
 # -- pieces -------------------------------------------------------------------------------------
@@ -298,13 +306,17 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
     The model is `preset` (default 'small') or `config` (a GPTConfig or config.json path);
     `settings` are `TrainConfig` fields (steps, batch_size, grad_accum, lr, ...). With
     `resume=True` the newest checkpoint in `out_dir/checkpoints` is continued; its settings
-    are kept, and a setting passed here that would change the losses is an error (`steps`
-    may change: the schedule then follows the new total). Without `resume`, a folder that
-    already holds checkpoints is an error unless `overwrite=True`. `callback(step, loss)`
+    are kept, and a setting passed here that would change the losses is an error (see
+    RESUME_MAY_CHANGE). `steps` may change (not below the checkpoint's step): from the first
+    resumed step on, the cosine decay runs to the new total, while the warmup keeps its
+    length. `backend` may change too: the same math, so the losses then agree with an
+    uninterrupted run to float rounding rather than bit for bit. Without `resume`, a folder
+    that already holds checkpoints is an error unless `overwrite=True`. `callback(step, loss)`
     runs after every optimizer step.
 
     With `max_seconds` the run stops at the first step boundary after that many seconds,
-    saving a checkpoint and the model as at the end (a resume continues it).
+    saving a checkpoint and the model as at the end (a resume continues it). The validation
+    loss at such a stop is `final_val_loss`; `val_losses` holds only scheduled evaluations.
 
     Raises NonFiniteLossError on a NaN/inf loss (the last good checkpoint is kept) and
     TrainingInterrupted on Ctrl-C (after saving a checkpoint).
@@ -329,6 +341,9 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
                 raise ValueError(f"cannot resume with {k}={v!r}: {state_path} was trained with "
                                  f"{k}={getattr(saved, k)!r}")
         cfg = dataclasses.replace(saved, **{k: v for k, v in settings.items() if v is not None})
+        if cfg.steps < state["step"]:
+            raise ValueError(f"cannot resume with steps={cfg.steps}: {state_path} is already at "
+                             f"step {state['step']}")
     else:
         if list_checkpoints(ckpt_dir):
             if not overwrite:
@@ -366,6 +381,10 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, samples_seen = state["step"], state["samples_seen"]
+        # The saved lr is the old schedule's for this step; with a new `steps` it is not
+        # this run's. The same expression as LambdaLR's, so an unchanged schedule is bit-exact.
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base_lr * schedule(step)
         history = {k: [tuple(x) for x in v] for k, v in state["history"].items()}
     last_ckpt, saved_step = state_path, (step if state is not None else None)
 
@@ -376,6 +395,7 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": rng,
             "model_config": model_config.to_hf_dict(), "train_config": dataclasses.asdict(cfg),
+            "backend": model.backend,  # informational: a resume may use another one
             "data": {"source": tokens.source, "sha256": tokens.sha256, "n_tokens": len(tokens)},
             "history": {k: [list(x) for x in v] for k, v in history.items()},
         }, ckpt_dir / checkpoint_name(step))
@@ -393,7 +413,10 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
         f"data: {len(tokens):,} tokens, {len(train_ds):,} training windows of {T}"
         + (f", {len(val_ds):,} validation windows" if val_ds else "")
         + f"; {tokens_per_step:,} tokens per step"
-        + (f"; resuming at step {step}" if state is not None else ""))
+        + (f"; resuming at step {step}" if state is not None else "")
+        + (f" (trained so far with backend {state['backend']}: the same math, so the losses "
+           f"agree to float rounding, not bit for bit)"
+           if state is not None and state.get("backend", model.backend) != model.backend else ""))
     batches = iter(make_loader(train_ds, B, seed=cfg.seed, start=samples_seen))
     amp = autocast_context(device, cfg.dtype)
     bar = _progress_bar(progress, step, cfg.steps)
@@ -476,14 +499,23 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
     bar.close()
     seconds = time.perf_counter() - t_start
     tok_s = rate()
-    if val_ds is not None and (not history["val"] or history["val"][-1][0] != step):
-        history["val"].append((step, evaluate(model, val_ds, B, cfg.eval_batches, device, cfg.dtype)))
+    final_val = None
+    if val_ds is not None:
+        if history["val"] and history["val"][-1][0] == step:
+            final_val = history["val"][-1][1]
+        else:
+            final_val = evaluate(model, val_ds, B, cfg.eval_batches, device, cfg.dtype)
+            if step == cfg.steps:  # the end of the run is on the schedule
+                history["val"].append((step, final_val))
+            else:  # a time-limit stop: reported, not recorded (a resume would not repeat it)
+                log(f"step {step}: val loss {final_val:.4f}, "
+                    f"val perplexity {math.exp(min(final_val, 50)):.2f}")
     if saved_step != step:
         checkpoint(rng_at_step_start)
     model.save_pretrained(out_dir)
     finish_plot()
     log(f"done: {step} steps, {tok_s:,.0f} tokens/s; model saved to {out_dir}")
-    return TrainResult(out_dir, step, history["train"], history["val"], tok_s, seconds)
+    return TrainResult(out_dir, step, history["train"], history["val"], tok_s, seconds, final_val)
 
 
 def _logger(enabled: bool):

@@ -33,7 +33,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="bfloat16: autocast; weights and optimizer stay float32")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
-    p.add_argument("--backend", default=None, help="op backend: torch, triton, native or auto")
+    p.add_argument("--backend", default=None,
+                   help="op backend: torch, triton, native or auto (may change on --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="start over even if --out holds checkpoints")
     p.set_defaults(func=cmd_train)
@@ -63,9 +64,10 @@ def cmd_train(args) -> int:
         where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint could be written"
         print(f"\ninterrupted at step {e.step}; {where}; continue with --resume", file=sys.stderr)
         return 130
-    if result.val_losses:
-        step, val = result.val_losses[-1]
-        print(f"final validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f} (step {step})")
+    if result.final_val_loss is not None:
+        val = result.final_val_loss
+        print(f"final validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f} "
+              f"(step {result.step})")
     return 0
 
 
