@@ -70,7 +70,7 @@ def run_demo(args) -> int:
     print(f"trained {result.step} of {steps} steps in {result.seconds:.0f}s: {result.tokens_per_s:,.0f} training "
           f"tokens/s; train loss {first:.2f} -> {last:.2f}; saved to {out} (loss curve: {out / 'loss.png'})")
 
-    model = GPT.from_pretrained(out)
+    model = GPT.from_pretrained(out, backend="auto")  # the fastest backend that runs here
     _, val_ids = split_tokens(tokens.ids, VAL_FRACTION)
     val = evaluate(model, WindowDataset(val_ids, CONTEXT_LENGTH, name="validation split"), BATCH_SIZE)
     print(f"evaluation (reloaded model, validation split): loss {val:.3f}, perplexity {math.exp(val):.1f}")
