@@ -5,11 +5,9 @@ FLOPs: fwd 4 * B * nh * T^2 * hs, halved for causal; bwd 2.5x fwd; bf16; B * T =
 tokens, nh * hs = 2048.
 """
 
-import argparse
-
 import torch
 
-from common import print_rows, providers, require_cuda, save_json, time_ms
+from common import kernel_benchmark_main, providers, time_ms
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -45,14 +43,7 @@ def run(quick=False, dtype=torch.bfloat16):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if not require_cuda("bench_attention"):
-        return
-    rows = run(args.quick)
-    print_rows(rows)
-    print("saved", save_json("attention", rows=rows))
+    kernel_benchmark_main("attention", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from common import print_rows, providers, require_cuda, save_json, time_ms
+from common import providers, report, require_cuda, time_ms
 
 V, C = 50257, 768
 
@@ -93,16 +93,12 @@ def main():
         _cpu_child(args.cpu_child, args.rows)
         return
     if args.memory_cpu:
-        rows = memory_cpu(args.rows)
-        print_rows(rows)
-        print("saved", save_json("cross_entropy_memory_cpu", rows=rows))
+        report("cross_entropy_memory_cpu", memory_cpu(args.rows))
         return
     if not require_cuda("bench_cross_entropy"):
         print("(peak memory on the CPU: --memory-cpu)")
         return
-    rows = run(args.quick)
-    print_rows(rows)
-    print("saved", save_json("cross_entropy", rows=rows))
+    report("cross_entropy", run(args.quick))
 
 
 if __name__ == "__main__":

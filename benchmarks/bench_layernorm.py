@@ -5,11 +5,9 @@ Bytes counted: fwd reads x and writes y; bwd reads x, dy and writes dx (weights 
 per-row statistics are negligible); bf16.
 """
 
-import argparse
-
 import torch
 
-from common import copy_bandwidth_gbs, print_rows, providers, require_cuda, save_json, time_ms
+from common import copy_bandwidth_gbs, kernel_benchmark_main, providers, time_ms
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -41,15 +39,7 @@ def run(quick=False, dtype=torch.bfloat16):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if not require_cuda("bench_layernorm"):
-        return
-    print(f"copy bandwidth: {copy_bandwidth_gbs():.0f} GB/s")
-    rows = run(args.quick)
-    print_rows(rows)
-    print("saved", save_json("layernorm", rows=rows))
+    kernel_benchmark_main("layernorm", __doc__, run, preamble=lambda: print(f"copy bandwidth: {copy_bandwidth_gbs():.0f} GB/s"))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,9 @@ FLOPs: fwd 4 * N * C * H (two matmuls), bwd 2x fwd; TFLOPS and speed-up over the
 provider (eager torch). bf16, N = 8192 rows, H = 4C.
 """
 
-import argparse
-
 import torch
 
-from common import print_rows, providers, require_cuda, save_json, time_ms
+from common import kernel_benchmark_main, providers, time_ms
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -47,14 +45,7 @@ def run(quick=False, dtype=torch.bfloat16):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if not require_cuda("bench_mlp"):
-        return
-    rows = run(args.quick)
-    print_rows(rows)
-    print("saved", save_json("mlp", rows=rows))
+    kernel_benchmark_main("mlp", __doc__, run)
 
 
 if __name__ == "__main__":

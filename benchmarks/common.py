@@ -284,6 +284,26 @@ def print_rows(rows: list[dict]) -> None:
         print("  ".join(_short(r.get(k)).rjust(widths[k]) for k in keys))
 
 
+def report(name: str, rows: list[dict]) -> None:
+    """Print `rows` and save them as results/<name>_<time>.json."""
+    print_rows(rows)
+    print("saved", save_json(name, rows=rows))
+
+
+def kernel_benchmark_main(name: str, doc: str, run, preamble=None) -> None:
+    """Command line of a GPU kernel benchmark: `--quick`, refuse without CUDA, run, report."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer shapes")
+    args = parser.parse_args()
+    if not require_cuda(f"bench_{name}"):
+        return
+    if preamble is not None:
+        preamble()
+    report(name, run(args.quick))
+
+
 def markdown_table(rows: list[dict], cols: list[str], titles: dict | None = None,
                    align: str | None = None, float_spec: str = ".2f",
                    specs: dict | None = None) -> str:
