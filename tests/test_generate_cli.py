@@ -54,6 +54,6 @@ def test_errors(model_dir, tmp_path, capsys):
 
 
 def test_stop_escapes():
-    from llm.generate_cmd import _unescape
+    from llm.cli.generate import _unescape
 
     assert _unescape(r"a\n\nb\tc") == "a\n\nb\tc"

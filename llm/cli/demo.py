@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from .config import GPTConfig
-from .corpus import build_corpus
-from .data import WindowDataset, load_tokens, split_tokens
-from .model import GPT
-from .tokenizer import get_tokenizer
-from .train import evaluate, param_groups, train
+from ..config import GPTConfig
+from ..corpus import build_corpus
+from ..data import WindowDataset, load_tokens, split_tokens
+from ..model import GPT
+from ..tokenizer import get_tokenizer
+from ..train import evaluate, param_groups, train
 
 PRESET = "small"
 BATCH_SIZE = 8
@@ -45,7 +45,13 @@ def seconds_per_step(config: GPTConfig, batch_size: int, context_length: int, re
     return sorted(times)[len(times) // 2]
 
 
-def run_demo(args) -> int:
+def add_parser(sub):
+    p = sub.add_parser("demo", help="the main job of `make run`")
+    p.add_argument("--out", default="runs/demo", help="where the demo writes its model")
+    return p
+
+
+def run(args) -> int:
     budget = float(TRAIN_SECONDS)
     out = Path(args.out)
     t0 = time.perf_counter()

@@ -1,11 +1,48 @@
 """`llm generate`: stream one prompt's continuation as it is made, or generate for a file
-of prompts in batches (each result printed, in file order, as soon as it is complete)."""
+of prompts in batches (each result printed, in file order, as soon as it is complete).
+
+Sampling flags default to "not given": the model's `generation_config.json` decides
+(greedy when it has none), and a flag overrides only its own setting.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
+
+DEFAULT_MAX_NEW_TOKENS = 100
+
+
+def add_parser(sub):
+    p = sub.add_parser("generate", help="generate text from a prompt (or a file of prompts), streaming it")
+    p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors) or hub name")
+    p.add_argument("--prompt", default="\n", help="prompt text (default: a newline)")
+    p.add_argument("--batch-file", default=None,
+                   help="a text file with one prompt per line; generates for them in batches")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --batch-file (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"default: the model's generation config, else {DEFAULT_MAX_NEW_TOKENS}")
+    p.add_argument("--min-new-tokens", type=int, default=None, help="no EOS before this many tokens")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 is greedy (default: the model's generation config, else greedy)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL's penalty, 1 is off")
+    p.add_argument("--presence-penalty", type=float, default=None)
+    p.add_argument("--frequency-penalty", type=float, default=None)
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the text contains TEXT (repeatable; cut from the output; \\n is a newline)")
+    p.add_argument("--eos-token-id", type=int, action="append", default=None, metavar="ID",
+                   help="end-of-sequence id (repeatable; default: the model's generation config)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible output)")
+    p.add_argument("--backend", default=None, help="op backend: torch, triton, native or auto")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, do not capture the decode step")
+    return p
+
 
 
 def _sampling_kwargs(args) -> dict:
@@ -40,16 +77,16 @@ def read_prompts(path) -> list[str]:
     return prompts
 
 
-def run_generate(args) -> int:
+def run(args) -> int:
     import torch
 
-    from .generation import encode_prompts
-    from .model import GPT
-    from .tokenizer import get_tokenizer
+    from ..generation import encode_prompts
+    from ..model import GPT
+    from ..tokenizer import get_tokenizer
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_new_tokens < 0:
+    if args.max_new_tokens is not None and args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     prompts = read_prompts(args.batch_file) if args.batch_file else [args.prompt]
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -59,12 +96,17 @@ def run_generate(args) -> int:
     if args.seed is not None:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
     kw = _sampling_kwargs(args)
+    wanted = args.max_new_tokens
+    if wanted is None:
+        wanted = model.generation_config.max_new_tokens
+    if wanted is None or not isinstance(wanted, int):
+        wanted = DEFAULT_MAX_NEW_TOKENS
     cuda_graph = False if args.no_cuda_graph else None
     n_tokens, t0 = 0, time.perf_counter()
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
         ids, mask = encode_prompts(batch, enc)
-        max_new = min(args.max_new_tokens, model.config.n_positions - ids.shape[1])
+        max_new = min(wanted, model.config.n_positions - ids.shape[1])
         if max_new < 0:
             raise ValueError(f"a prompt of {ids.shape[1]} tokens exceeds n_positions={model.config.n_positions}")
         chunks = model.stream(ids, max_new, attention_mask=mask, generator=generator, tokenizer=enc,

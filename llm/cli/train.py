@@ -1,4 +1,4 @@
-"""`llm train` and `llm eval`: argument parsing and printing (torch is imported only to run)."""
+"""`llm train`: pretrain a GPT on a text dataset (torch is imported only to run)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 import sys
 
 
-def add_train_parser(sub) -> None:
+def add_parser(sub):
     p = sub.add_parser("train", help="pretrain a GPT on a text dataset, with resumable checkpoints")
     p.add_argument("--data", required=True, help="a .txt file, a folder of .txt files, or a .jsonl with a 'text' field")
     p.add_argument("--out", required=True, help="output folder: checkpoints/, loss.png, the final model")
@@ -37,12 +37,12 @@ def add_train_parser(sub) -> None:
                    help="op backend: torch, triton, native or auto (may change on --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="start over even if --out holds checkpoints")
-    p.set_defaults(func=cmd_train)
+    return p
 
 
-def cmd_train(args) -> int:
-    from .checkpoint import CheckpointError
-    from .train import NonFiniteLossError, TrainingInterrupted, train
+def run(args) -> int:
+    from ..checkpoint import CheckpointError
+    from ..train import NonFiniteLossError, TrainingInterrupted, train
 
     settings = dict(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                     lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
@@ -68,38 +68,4 @@ def cmd_train(args) -> int:
         val = result.final_val_loss
         print(f"final validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f} "
               f"(step {result.step})")
-    return 0
-
-
-def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="loss and perplexity of a model on a text")
-    p.add_argument("--model", required=True, help="model folder (config.json + model.safetensors)")
-    p.add_argument("--data", required=True, help="a .txt file, a folder of .txt files, or a .jsonl")
-    p.add_argument("--context-length", type=int, default=None,
-                   help="window length (default: n_positions, or the text's length if shorter)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-batches", type=int, default=None, help="evaluate only the first batches")
-    p.add_argument("--backend", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.set_defaults(func=cmd_eval)
-
-
-def cmd_eval(args) -> int:
-    from .data import WindowDataset, load_tokens
-    from .model import GPT
-    from .train import evaluate
-
-    model = GPT.from_pretrained(args.model, backend=args.backend, device=args.device)
-    tokens = load_tokens(args.data)
-    if len(tokens) < 2:
-        raise ValueError(f"{args.data} has {len(tokens)} token(s); evaluation needs at least 2")
-    T = args.context_length or min(model.config.n_positions, len(tokens) - 1)
-    if T > model.config.n_positions:
-        raise ValueError(f"--context-length {T} exceeds the model's n_positions={model.config.n_positions}")
-    ds = WindowDataset(tokens.ids, T, T, name=str(args.data))
-    loss = evaluate(model, ds, args.batch_size, args.max_batches, args.device, args.dtype)
-    n_windows = len(ds) if args.max_batches is None else min(len(ds), args.max_batches * args.batch_size)
-    print(f"loss {loss:.4f}  perplexity {math.exp(min(loss, 50)):.2f}  "
-          f"({n_windows} windows of {T} tokens from {args.data})")
     return 0
