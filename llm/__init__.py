@@ -1,11 +1,11 @@
 """llm: a GPT-2 engine with a pure-PyTorch reference and Triton / C++ / CUDA fast paths."""
 
 from .config import PRESETS, GPTConfig
-from .generation_config import GenerationConfig
+from .generation import GenerationConfig
 from .model import GPT
 from .ops import BackendUnavailableError, available_backends, get_ops
 from .tokenizer import get_tokenizer
-from .train import train
+from .training import train
 
 __all__ = [
     "GPT",

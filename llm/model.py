@@ -3,11 +3,13 @@
 Parameter names are GPT-2's / Hugging Face's (`transformer.h.0.attn.c_attn.weight`, ...), so
 weights map by name; linear weights are stored [out, in] (HF's Conv1D stores [in, out]; the
 loader transposes). All layernorm, attention and MLP math goes through the op table of the
-backend the model was built with (`llm/ops.py`); this file never imports a kernel.
+backend the model was built with (`llm/ops`); this file never imports a kernel.
 
-Decoding follows gpt-fast: `setup_caches` preallocates a static KV cache, `prefill` runs the
-prompt in one forward, `decode_one_token` runs one position; shapes never change between
-steps, so the step can be captured in a CUDA graph.
+Decoding follows gpt-fast: `make_decoder` gives a `Decoder` (`llm/ops/__init__.py`) with a
+preallocated static KV cache; `prefill` runs the prompt in one forward, `decode_one_token`
+one position; shapes never change between steps, so the step can be captured in a CUDA
+graph. A backend may supply its own decoder; otherwise `ModuleDecoder` runs these modules.
+The caches belong to the decoder, not to the modules, so calls may overlap.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import os
 import torch
 import torch.nn as nn
 
+from . import weights
 from .config import GPTConfig
-from .ops import IGNORE_INDEX, OpTable, get_ops
+from .generation import GenerationConfig
+from .generation import generate as _generate
+from .generation import stream as _stream
+from .ops import IGNORE_INDEX, Decoder, OpTable, get_ops
 
 
 class LayerNorm(nn.Module):
@@ -34,20 +40,23 @@ class LayerNorm(nn.Module):
         return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
 
 
-class KVCache(nn.Module):
-    """Static K and V buffers [B, nh, S, hs], written at the positions being computed."""
+class KVCache:
+    """Static K and V buffers [B, nh, S, hs] of one layer, written at the slots being computed."""
 
     def __init__(self, batch_size, n_head, max_seq_len, head_dim, dtype, device):
-        super().__init__()
         shape = (batch_size, n_head, max_seq_len, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, input_pos, k, v):
         # input_pos: (T,) cache slots; k, v: (B, nh, T, hs)
         self.k_cache.index_copy_(2, input_pos, k)
         self.v_cache.index_copy_(2, input_pos, v)
         return self.k_cache, self.v_cache
+
+    def select_rows(self, index):
+        self.k_cache = self.k_cache.index_select(0, index)
+        self.v_cache = self.v_cache.index_select(0, index)
 
 
 class CausalSelfAttention(nn.Module):
@@ -59,25 +68,26 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
-        self.kv_cache: KVCache | None = None
         self.ops: OpTable | None = None
 
-    def forward(self, x, key_padding_mask=None, input_pos=None, key_valid=None, prefill=False):
+    def forward(self, x, key_valid=None, kv_cache: KVCache | None = None, input_pos=None, prefill=False):
+        """x [B, T, C]. Without a cache, causal attention among the T tokens (key_valid
+        [B, T]); with one, the tokens go to cache slots input_pos [T] (key_valid [B, S])."""
         B, T, C = x.shape
         qkv = self.ops.linear(x, self.c_attn.weight, self.c_attn.bias)  # (B, T, 3C)
         q, k, v = qkv.split(C, dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        if input_pos is None:
+        if kv_cache is None:
             dropout_p = self.attn_pdrop if self.training else 0.0
-            y = self.ops.attention(q, k, v, key_padding_mask, dropout_p)  # (B, nh, T, hs)
+            y = self.ops.attention(q, k, v, key_valid, dropout_p)  # (B, nh, T, hs)
         elif prefill:
             # the prompt fills slots 0..T-1 of an empty cache: it attends only among itself
-            self.kv_cache.update(input_pos, k, v)
+            kv_cache.update(input_pos, k, v)
             y = self.ops.attention(q, k, v, None if key_valid is None else key_valid[:, :T])
         else:
-            k_cache, v_cache = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs)
+            k_cache, v_cache = kv_cache.update(input_pos, k, v)  # (B, nh, S, hs)
             y = self.ops.cached_attention(q, k_cache, v_cache, input_pos, key_valid)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.ops.linear(y, self.c_proj.weight, self.c_proj.bias))
@@ -104,8 +114,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_padding_mask=None, input_pos=None, key_valid=None, prefill=False):
-        x = x + self.attn(self.ln_1(x), key_padding_mask, input_pos, key_valid, prefill)
+    def forward(self, x, key_valid=None, kv_cache=None, input_pos=None, prefill=False):
+        x = x + self.attn(self.ln_1(x), key_valid, kv_cache, input_pos, prefill)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -131,7 +141,9 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
-        self._decoder = None  # a backend's whole-model decoder, while generating
+        # how `generate` continues by default: a new model greedily and without EOS; a loaded
+        # one as its generation_config.json says
+        self.generation_config = GenerationConfig()
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -163,6 +175,13 @@ class GPT(nn.Module):
         return self.ops.name
 
     # -- checks ----------------------------------------------------------------------------
+    def check_inputs(self, input_ids, attention_mask=None):
+        """(input_ids [B, T] long, attention_mask [B, T] bool or None), checked against the
+        config: integer ids inside the vocabulary, 1 <= T <= n_positions, a 0/1 mask of
+        the same shape. Raises ValueError naming the problem."""
+        input_ids = self._check_input_ids(input_ids)
+        return input_ids, self._check_attention_mask(attention_mask, input_ids)
+
     def _check_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor):
             input_ids = torch.as_tensor(input_ids)
@@ -210,27 +229,39 @@ class GPT(nn.Module):
         """Positions counting only real tokens, so a left-padded row starts at 0."""
         return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
 
-    def hidden_states(self, input_ids, attention_mask=None, position_ids=None,
-                      input_pos=None, key_valid=None, prefill=False):
-        """Final-layernormed hidden states [B, T, C]. Inputs are assumed checked."""
-        B, T = input_ids.shape
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = self.position_ids_from_mask(attention_mask)
-            else:
-                position_ids = torch.arange(T, device=input_ids.device)[None]
+    def hidden_states(self, input_ids, position_ids, key_valid=None, caches=None, input_pos=None,
+                      prefill=False):
+        """Final-layernormed hidden states [B, T, C] of checked inputs.
+
+        position_ids [B or 1, T]; key_valid [B, T] (with caches [B, S]) marks real tokens /
+        valid cache slots, None: all. caches: one KVCache per layer, written at cache slots
+        input_pos [T]; with prefill=True the tokens fill slots 0..T-1 of an empty cache.
+        """
         x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)  # (B, T, C)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, attention_mask, input_pos, key_valid, prefill)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, key_valid, None if caches is None else caches[i], input_pos, prefill)
         return self.transformer.ln_f(x)
+
+    def head(self, h):
+        """Logits [..., vocab] of hidden states [..., C] (the tied lm_head)."""
+        return self.ops.linear(h, self.lm_head.weight, None)
+
+    def last_token_logits(self, input_ids, position_ids, key_valid=None):
+        """Logits [B, vocab] of each row's last token, recomputing the whole sequence."""
+        return self.head(self.hidden_states(input_ids, position_ids, key_valid)[:, -1])
+
+    def _positions(self, input_ids, attention_mask):
+        if attention_mask is not None:
+            return self.position_ids_from_mask(attention_mask)
+        return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
         """Logits [B, T, vocab]. attention_mask [B, T] (1 real, 0 padding) allows left padding."""
-        input_ids = self._check_input_ids(input_ids)
-        attention_mask = self._check_attention_mask(attention_mask, input_ids)
-        h = self.hidden_states(input_ids, attention_mask, position_ids)
-        return self.ops.linear(h, self.lm_head.weight, None)
+        input_ids, mask = self.check_inputs(input_ids, attention_mask)
+        if position_ids is None:
+            position_ids = self._positions(input_ids, mask)
+        return self.head(self.hidden_states(input_ids, position_ids, mask))
 
     def loss(self, input_ids, targets, attention_mask=None):
         """Mean next-token cross-entropy; targets [B, T] with IGNORE_INDEX (-100) skipped.
@@ -238,8 +269,7 @@ class GPT(nn.Module):
         Goes through `ops.lm_head_loss`, so a backend can fuse the vocabulary projection
         with the loss and never hold the [B*T, vocab] logits.
         """
-        input_ids = self._check_input_ids(input_ids)
-        attention_mask = self._check_attention_mask(attention_mask, input_ids)
+        input_ids, mask = self.check_inputs(input_ids, attention_mask)
         targets = torch.as_tensor(targets, device=input_ids.device).long()
         if targets.dim() == 1:
             targets = targets[None]
@@ -247,83 +277,78 @@ class GPT(nn.Module):
             raise ValueError(
                 f"targets shape {tuple(targets.shape)} does not match input_ids shape {tuple(input_ids.shape)}"
             )
-        h = self.hidden_states(input_ids, attention_mask)
+        h = self.hidden_states(input_ids, self._positions(input_ids, mask), mask)
         C = h.shape[-1]
         return self.ops.lm_head_loss(h.reshape(-1, C), self.lm_head.weight, targets.reshape(-1), IGNORE_INDEX)
 
     # -- KV-cache decoding -----------------------------------------------------------------
-    def setup_caches(self, batch_size: int, max_seq_len: int, dtype=None, device=None):
-        """Preallocate a static KV cache of `max_seq_len` slots in every layer."""
+    def make_decoder(self, batch_size: int, max_seq_len: int) -> Decoder:
+        """A `Decoder` for `batch_size` rows and `max_seq_len` cache slots: the backend's
+        own when it has one for this model, else `ModuleDecoder`."""
         if max_seq_len > self.config.n_positions:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds n_positions={self.config.n_positions}")
-        p = self.transformer.wte.weight
-        dtype = dtype or p.dtype
-        device = device or p.device
-        self._decoder = None
+        decoder = None
         if self.ops.make_decoder is not None:
-            self._decoder = self.ops.make_decoder(self, batch_size, max_seq_len)
-            return
-        c = self.config
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, c.n_head, max_seq_len, c.head_dim, dtype, device)
+            decoder = self.ops.make_decoder(self, batch_size, max_seq_len)
+        return decoder if decoder is not None else ModuleDecoder(self, batch_size, max_seq_len)
 
-    def clear_caches(self):
-        self._decoder = None
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
-
-    def forward_cached(self, input_ids, input_pos, position_ids, key_valid=None, prefill=False):
-        """Logits [B, vocab] of the last of `input_ids`, run at cache slots `input_pos`.
-
-        input_ids [B, T]; input_pos [T] cache slots; position_ids [B, T] learned positions;
-        key_valid [B, S] marks the cache slots holding real tokens (None: all). With
-        prefill=True the tokens fill slots 0..T-1 of an empty cache.
-        """
-        h = self.hidden_states(input_ids, None, position_ids, input_pos, key_valid, prefill)
-        return self.ops.linear(h[:, -1], self.lm_head.weight, None)
-
-    def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
-        if self._decoder is not None:
-            return self._decoder.prefill(input_ids, input_pos, position_ids, key_valid)
-        # Attending only among the prompt is exact when it starts at slot 0 (cache empty).
-        from_start = input_ids.shape[1] > 1 and int(input_pos[0]) == 0
-        return self.forward_cached(input_ids, input_pos, position_ids, key_valid, prefill=from_start)
-
-    def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
-        """token [B, 1] at cache slot input_pos [1] -> logits [B, vocab]."""
-        if self._decoder is not None:
-            return self._decoder.decode_one_token(token, input_pos, position_ids, key_valid)
-        return self.forward_cached(token, input_pos, position_ids, key_valid)
-
-    # -- generation and weights (defined in their own files) -------------------------------
+    # -- generation and weights ------------------------------------------------------------
     def generate(self, input_ids, max_new_tokens=None, **kwargs):
         """See `llm.generation.generate`."""
-        from .generation import generate
-
-        return generate(self, input_ids, max_new_tokens, **kwargs)
+        return _generate(self, input_ids, max_new_tokens, **kwargs)
 
     def stream(self, input_ids, max_new_tokens=None, **kwargs):
         """See `llm.generation.stream`: yields token ids and text deltas as they are made."""
-        from .generation import stream
-
-        return stream(self, input_ids, max_new_tokens, **kwargs)
+        return _stream(self, input_ids, max_new_tokens, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, backend: str | None = None, dtype=None,
                         device=None) -> "GPT":
-        """Load a Hugging Face GPT-2 folder or hub name. See `llm.weights.load_pretrained`."""
-        from .weights import load_pretrained
-
-        return load_pretrained(path, backend=backend, dtype=dtype, device=device)
+        """Load a Hugging Face GPT-2 folder or hub name (see `llm.weights`): every tensor is
+        checked before the model takes them; no second, random model is built."""
+        folder = weights.resolve_model_dir(path)
+        config = GPTConfig.from_json(folder / "config.json")
+        with torch.device("meta"):
+            model = cls(config, backend="torch")
+        weights.load_weights(model, folder)
+        model.to(device=device, dtype=dtype or torch.float32)
+        return model.set_backend(backend).eval()
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
-        from .weights import save_pretrained
-
-        save_pretrained(self, path)
+        weights.save_pretrained(self, path)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
         return n
+
+
+class ModuleDecoder:
+    """The `Decoder` every backend has: the model's modules (so its op table) over a torch
+    KV cache per layer, owned here."""
+
+    supports_cuda_graph = True
+
+    def __init__(self, model: GPT, batch_size: int, max_seq_len: int):
+        c, p = model.config, model.transformer.wte.weight
+        self.model = model
+        self.caches = [KVCache(batch_size, c.n_head, max_seq_len, c.head_dim, p.dtype, p.device)
+                       for _ in range(c.n_layer)]
+
+    def _logits(self, input_ids, input_pos, position_ids, key_valid, prefill):
+        h = self.model.hidden_states(input_ids, position_ids, key_valid, self.caches, input_pos, prefill)
+        return self.model.head(h[:, -1])
+
+    def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
+        # Attending only among the prompt is exact when it starts at slot 0 (cache empty).
+        from_start = input_ids.shape[1] > 1 and int(input_pos[0]) == 0
+        return self._logits(input_ids, input_pos, position_ids, key_valid, from_start)
+
+    def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
+        return self._logits(token, input_pos, position_ids, key_valid, False)
+
+    def select_rows(self, index):
+        for cache in self.caches:
+            cache.select_rows(index)

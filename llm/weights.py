@@ -18,7 +18,7 @@ import torch
 
 from .config import GPTConfig
 from .fileio import atomic_path
-from .generation_config import GenerationConfig
+from .generation.config import GenerationConfig
 
 # Linear layers that HF keeps in Conv1D layout [in, out].
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -127,15 +127,13 @@ def hf_to_state_dict(hf: dict[str, torch.Tensor], model, source: str) -> dict[st
     return out
 
 
-def load_pretrained(path, backend=None, dtype=None, device=None):
-    from .model import GPT
-
-    folder = resolve_model_dir(path)
-    config = GPTConfig.from_json(folder / "config.json")
+def load_weights(model, folder: Path) -> None:
+    """Give `model` (built for `folder`'s config, on any device incl. meta) the folder's
+    checked tensors as its parameters and its generation config. Nothing is assigned
+    unless every tensor checks out."""
     hf, source = _read_state_dict(folder)
-    with torch.device("meta"):
-        skeleton = GPT(config, backend="torch")
-    sd = hf_to_state_dict(hf, skeleton, str(source))  # raises before any model is built
+    sd = hf_to_state_dict(hf, model, str(source))
+    config = model.config
     generation_config = GenerationConfig.from_pretrained(folder)
     bad = [t for t in generation_config.eos_token_ids() if not 0 <= t < config.vocab_size]
     if bad:
@@ -143,15 +141,11 @@ def load_pretrained(path, backend=None, dtype=None, device=None):
                       "is ignored", stacklevel=3)
         kept = [t for t in generation_config.eos_token_ids() if t not in bad]
         generation_config = generation_config.replace(eos_token_id=kept or None)
-    # The skeleton takes the checked tensors as its parameters (no random init of a
-    # second model); the tie is restored after the assignment replaced wte's parameter.
-    model = skeleton
+    # The checked tensors become the parameters (no random init of a second model); the
+    # tie is restored after the assignment replaced wte's parameter.
     model.load_state_dict(sd, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight
-    model.to(device=device, dtype=dtype or torch.float32)
-    model.set_backend(backend)
     model.generation_config = generation_config
-    return model.eval()
 
 
 def state_dict_to_hf(model) -> dict[str, torch.Tensor]:
@@ -175,7 +169,7 @@ def save_pretrained(model, path) -> None:
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt"})
     model.config.save_json(folder / "config.json")
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is None:
-        generation_config = GenerationConfig(eos_token_id=model.config.eos_token_id)
+    generation_config = model.generation_config
+    if generation_config.eos_token_id is None:  # a new model: config.json's EOS id
+        generation_config = generation_config.replace(eos_token_id=model.config.eos_token_id)
     generation_config.save_pretrained(folder)

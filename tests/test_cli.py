@@ -5,7 +5,7 @@ import torch
 
 from llm import GPT, GPTConfig
 from llm.cli import main
-from llm.streaming import TextStreamer
+from llm.generation.text import TextStreamer
 from llm.tokenizer import get_tokenizer
 
 

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 import llm
-from llm.generation import GenerationOutput, _Decoding, encode_prompts, generate, stream
-from llm.generation_config import GenerationConfig
+import llm.ops.reference
+from llm.model import ModuleDecoder
+from llm.generation import GenerationConfig, GenerationOutput, encode_prompts, generate, stream
+from llm.generation.api import start
 
 V = 50257
 
@@ -48,13 +50,12 @@ def test_left_padded_batch_equals_each_row_alone(model):
 def test_per_row_max_new_tokens_and_compaction(model):
     ids, mask = _batch([4, 6, 3, 6, 5])
     limits = [2, 11, 0, 5, 11]
-    run = _Decoding(model, ids, mask, GenerationConfig(max_new_tokens=limits, pad_token_id=7),
-                    True, None, False, None)
+    run = start(model, ids, attention_mask=mask, max_new_tokens=limits, pad_token_id=7, cuda_graph=False)
     for _ in run.steps():
         pass
-    assert run.n_rows < 5  # finished rows were dropped from the batch
+    assert run.batch.n_rows < 5  # finished rows were dropped from the batch
     for i, n in enumerate(limits):
-        new = run.out[i, 6:]
+        new = run.batch.out[i, 6:]
         if n:
             assert torch.equal(new[:n], _alone(model, ids, mask, i, n)), f"row {i}"
         assert (new[n:] == 7).all()
@@ -110,11 +111,11 @@ def test_static_step_buffers_match(model):
     cfg = GenerationConfig(max_new_tokens=[10, 4, 10], temperature=0.8, top_k=20, seed=2)
     runs = []
     for static in (False, True):
-        run = _Decoding(model, ids, mask, cfg, True, None, False, None)
-        run.static = static
+        run = start(model, ids, attention_mask=mask, generation_config=cfg, cuda_graph=False)
+        run.static_buffers = static
         for _ in run.steps():
             pass
-        runs.append(run.out)
+        runs.append(run.batch.out)
     assert torch.equal(runs[0], runs[1])
 
 
@@ -207,18 +208,6 @@ def test_stream_single_prompt_text_matches_decode(model):
     assert text == enc.decode(out[0, ids.shape[1]:].tolist())
 
 
-def test_generate_steps_yields_buffer_then_tokens(model):
-    from llm.generation import generate_steps
-
-    ids, mask = _batch([4, 2])
-    steps = generate_steps(model, ids, 6, attention_mask=mask)
-    out = next(steps)
-    cols = [t.clone() for t in steps]
-    assert len(cols) == 6
-    assert torch.equal(torch.stack(cols, 1), out[:, 4:])
-    assert torch.equal(out, model.generate(ids, 6, attention_mask=mask))
-
-
 def test_result_object(model):
     out = model.generate("Hi", 5, return_dict=True)
     assert isinstance(out, GenerationOutput)
@@ -264,12 +253,14 @@ def test_unknown_argument_and_missing_max_new_tokens(model):
         model.generate(torch.tensor([[1, 2]]))
 
 
-def test_positional_signature_still_works(model):
+def test_generate_and_stream_take_the_same_arguments(model):
     ids = torch.tensor([[5, 6, 7]])
-    a = generate(model, ids, 6, 0.7, 20, 0.9, None, None, True, torch.Generator().manual_seed(0))
-    b = model.generate(ids, max_new_tokens=6, temperature=0.7, top_k=20, top_p=0.9,
-                       generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a, b)
+    kw = dict(temperature=0.7, top_k=20, top_p=0.9, check_every=3, use_cache=True)
+    a = generate(model, ids, 6, generator=torch.Generator().manual_seed(0), **kw)
+    chunks = stream(model, ids, 6, generator=torch.Generator().manual_seed(0), **kw)
+    assert [c.token_ids[0] for c in chunks if c.token_ids[0] is not None] == a[0, 3:].tolist()
+    with pytest.raises(TypeError):
+        generate(model, ids, 6, 0.7)  # sampling settings are keyword arguments
 
 
 def test_model_generation_config_is_used(model, tmp_path):
@@ -295,40 +286,33 @@ def test_stream_ids_on_their_own(model):
 class _RecordingDecoder:
     """A backend's whole-model decoder (the make_decoder hook), here over torch modules."""
 
-    def __init__(self, model, batch_size, max_seq_len):
-        from llm.model import KVCache
+    supports_cuda_graph = False
 
-        c, w = model.config, model.transformer.wte.weight
-        for block in model.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, c.n_head, max_seq_len, c.head_dim, w.dtype, w.device)
-        self.model, self.calls = model, []
+    def __init__(self, model, batch_size, max_seq_len):
+        self.inner = ModuleDecoder(model, batch_size, max_seq_len)
+        self.calls = []
 
     def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
         self.calls.append(("prefill", input_ids.shape[0]))
-        return self.model.forward_cached(input_ids, input_pos, position_ids, key_valid)
+        return self.inner.prefill(input_ids, input_pos, position_ids, key_valid)
 
     def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
         self.calls.append(("decode", token.shape[0]))
-        return self.model.forward_cached(token, input_pos, position_ids, key_valid)
+        return self.inner.decode_one_token(token, input_pos, position_ids, key_valid)
 
-
-class _CompactingDecoder(_RecordingDecoder):
     def select_rows(self, index):
         self.calls.append(("select_rows", int(index.numel())))
-        for block in self.model.transformer.h:
-            kv = block.attn.kv_cache
-            kv.k_cache, kv.v_cache = kv.k_cache[index], kv.v_cache[index]
+        self.inner.select_rows(index)
 
 
-@pytest.mark.parametrize("decoder_cls", [_RecordingDecoder, _CompactingDecoder])
-def test_backend_decoder_hook(model, monkeypatch, decoder_cls):
+def test_backend_decoder_hook(model, monkeypatch):
     made = []
 
     def make_decoder(m, batch_size, max_seq_len):
-        made.append(decoder_cls(m, batch_size, max_seq_len))
+        made.append(_RecordingDecoder(m, batch_size, max_seq_len))
         return made[-1]
 
-    table = llm.ops.TORCH_OPS.replace(name="decoder-test", make_decoder=make_decoder)
+    table = llm.ops.reference.TORCH_OPS.replace(name="decoder-test", make_decoder=make_decoder)
     monkeypatch.setitem(llm.ops._LOADERS, "decoder-test", lambda: table)
     ids, mask = _batch([5, 2, 7, 4], seed=12)
     kw = dict(attention_mask=mask, max_new_tokens=[3, 12, 2, 12], temperature=0.7, top_k=30, seed=1)
@@ -342,7 +326,19 @@ def test_backend_decoder_hook(model, monkeypatch, decoder_cls):
     calls = made[0].calls
     assert calls[0] == ("prefill", 4) and len(calls) > 11
     rows = [n for name, n in calls if name == "decode"]
-    if decoder_cls is _CompactingDecoder:
-        assert ("select_rows", 2) in calls and rows[-1] == 2  # finished rows dropped
-    else:
-        assert set(rows) == {4}  # no select_rows: the batch keeps its shape
+    assert isinstance(made[0], llm.ops.Decoder)
+    assert ("select_rows", 2) in calls and rows[-1] == 2  # finished rows dropped
+
+
+def test_make_decoder_may_decline(model, monkeypatch):
+    """A backend whose make_decoder returns None generates through the model's modules."""
+    table = llm.ops.reference.TORCH_OPS.replace(name="declining", make_decoder=lambda m, b, s: None)
+    monkeypatch.setitem(llm.ops._LOADERS, "declining", lambda: table)
+    ids = torch.tensor([[5, 6, 7]])
+    want = model.generate(ids, 5)
+    try:
+        model.set_backend("declining")
+        assert isinstance(model.make_decoder(1, 8), ModuleDecoder)
+        assert torch.equal(model.generate(ids, 5), want)
+    finally:
+        model.set_backend("torch")

@@ -46,14 +46,11 @@ def test_cached_equals_recomputed_left_padded(model):
 
 def test_prefill_logits_equal_full_forward(model):
     x = torch.randint(0, 1003, (2, 9))
-    model.setup_caches(2, 12)
-    try:
-        with torch.no_grad():
-            last = model.prefill(x, torch.arange(9), torch.arange(9)[None].expand(2, 9))
-            step = model.decode_one_token(x[:, :1], torch.tensor([9]), torch.full((2, 1), 9))
-            full = model(torch.cat([x, x[:, :1]], dim=1))
-    finally:
-        model.clear_caches()
+    decoder = model.make_decoder(2, 12)
+    with torch.no_grad():
+        last = decoder.prefill(x, torch.arange(9), torch.arange(9)[None].expand(2, 9))
+        step = decoder.decode_one_token(x[:, :1], torch.tensor([9]), torch.full((2, 1), 9))
+        full = model(torch.cat([x, x[:, :1]], dim=1))
     torch.testing.assert_close(last, full[:, 8], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(step, full[:, 9], rtol=1e-5, atol=1e-5)
 
@@ -114,13 +111,10 @@ def test_chunked_prefill_equals_full_forward(model):
     """A second prefill at later slots attends to the earlier chunk in the cache."""
     x = torch.randint(0, 1003, (2, 9))
     pos = torch.arange(9)[None].expand(2, 9)
-    model.setup_caches(2, 9)
-    try:
-        with torch.no_grad():
-            first = model.prefill(x[:, :5], torch.arange(5), pos[:, :5])
-            second = model.prefill(x[:, 5:], torch.arange(5, 9), pos[:, 5:])
-            full = model(x)
-    finally:
-        model.clear_caches()
+    decoder = model.make_decoder(2, 9)
+    with torch.no_grad():
+        first = decoder.prefill(x[:, :5], torch.arange(5), pos[:, :5])
+        second = decoder.prefill(x[:, 5:], torch.arange(5, 9), pos[:, 5:])
+        full = model(x)
     torch.testing.assert_close(first, full[:, 4], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(second, full[:, 8], rtol=1e-5, atol=1e-5)

@@ -3,7 +3,7 @@ import torch
 
 import llm
 from llm import GPT, GPTConfig
-from llm.ops import BackendUnavailableError, available_backends, get_ops
+from llm.ops import BackendUnavailableError, available_backends, get_ops, reference
 
 from hf_models import TINY_ODD, hf_checkpoint
 
@@ -132,9 +132,9 @@ def test_registered_backend_is_used():
 
     def counting_layer_norm(x, w, b, eps):
         calls.append(x.shape)
-        return llm.ops.layer_norm(x, w, b, eps)
+        return reference.layer_norm(x, w, b, eps)
 
-    llm.ops.register_backend("counting", lambda: llm.ops.TORCH_OPS.replace(name="counting", layer_norm=counting_layer_norm))
+    llm.ops.register_backend("counting", lambda: reference.TORCH_OPS.replace(name="counting", layer_norm=counting_layer_norm))
     try:
         model = GPT(GPTConfig(**TINY_ODD), backend="counting")
         model(torch.zeros(1, 5, dtype=torch.long))
@@ -170,7 +170,7 @@ def test_config_presets_and_json_round_trip(tmp_path):
 
 
 def test_reference_ops_gradcheck_fp64():
-    from llm import ops
+    from llm.ops import reference as ops
 
     torch.manual_seed(0)
     d = dict(dtype=torch.float64, requires_grad=True)
@@ -189,7 +189,7 @@ def test_reference_ops_gradcheck_fp64():
 
 
 def test_attention_with_all_true_mask_equals_causal():
-    from llm import ops
+    from llm.ops import reference as ops
 
     q, k, v = (torch.randn(2, 3, 9, 8) for _ in range(3))
     full = torch.ones(2, 9, dtype=torch.bool)

@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from llm.generation_config import GenerationConfig
-from llm.sampling import (
+from llm.generation.config import GenerationConfig
+from llm.generation.sampling import (
     apply_presence_frequency_penalty,
     apply_repetition_penalty,
     draw,
@@ -17,7 +17,7 @@ from llm.sampling import (
     sample_next,
     suppress_tokens,
 )
-from llm.streaming import RowText, TextStreamer
+from llm.generation.text import RowText, TextStreamer
 
 NEG = float("-inf")
 

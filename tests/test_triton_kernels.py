@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from llm import ops  # noqa: E402
-from llm.ops import BackendUnavailableError  # noqa: E402
+from llm.ops import reference as ops  # noqa: E402
+from llm.ops import IGNORE_INDEX, BackendUnavailableError, get_ops  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16]
@@ -80,7 +80,7 @@ def randn(*shape, dtype=torch.float32, scale=1.0, grad=True):
 
 
 def test_load_gives_triton_table():
-    table = ops.get_ops("triton")
+    table = get_ops("triton")
     assert table.name == "triton"
     from llm.kernels import layernorm
 
@@ -89,7 +89,7 @@ def test_load_gives_triton_table():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
 def test_load_without_device_or_interpreter_is_unavailable(monkeypatch):
-    from llm import triton_ops
+    from llm.ops import triton as triton_ops
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(BackendUnavailableError, match="CUDA device"):
@@ -291,7 +291,7 @@ def test_mlp_inference_saves_nothing():
 
 def _targets(N, V, ignore_every=7):
     t = torch.randint(0, V, (N,), device=DEVICE)
-    t[::ignore_every] = ops.IGNORE_INDEX
+    t[::ignore_every] = IGNORE_INDEX
     return t
 
 
@@ -346,7 +346,7 @@ def test_lm_head_loss_chunks_agree():
 def test_lm_head_loss_all_ignored_is_nan_like_torch():
     _, cross_entropy, _, _ = _kernels()
     h, w = randn(4, 8), randn(11, 8)
-    targets = torch.full((4,), ops.IGNORE_INDEX, device=DEVICE)
+    targets = torch.full((4,), IGNORE_INDEX, device=DEVICE)
     assert torch.isnan(cross_entropy.lm_head_loss(h, w, targets))
     assert torch.isnan(ops.lm_head_loss(h, w, targets))
 
@@ -408,10 +408,10 @@ def test_torch_compile_fullgraph():
         q = h.view(B, T, nh, hs).transpose(1, 2)
         a = table.attention(q, q, q, None, 0.0).transpose(1, 2).reshape(B, T, C)
         h = a + table.mlp(a, fw, fb, pw, pb)
-        return table.lm_head_loss(h.reshape(-1, C), head, targets, ops.IGNORE_INDEX)
+        return table.lm_head_loss(h.reshape(-1, C), head, targets, IGNORE_INDEX)
 
     params = [x, w, b, fw, fb, pw, pb, head]
-    table = ops.get_ops("triton")
+    table = get_ops("triton")
     compiled = torch.compile(lambda *p: block(*p, table), fullgraph=True)
     loss = compiled(*params)
     grads = torch.autograd.grad(loss, params)

@@ -3,7 +3,7 @@
   layer_norm        kernels/layernorm.py      forward + backward
   linear            torch (cuBLAS)            the attention projections and logits
   mlp               kernels/mlp.py            c_fc + bias + GELU epilogue, c_proj + bias
-  attention         kernels/attention.py      causal flash attention, key-padding mask;
+  attention         kernels/attention.py      causal flash attention, key_valid mask;
                                               dropout_p > 0 runs the torch reference
   cached_attention  kernels/attention.py      split-KV decode kernel for one query per
                                               row; the flash kernel (explicit query slots)
@@ -20,15 +20,14 @@ import os
 
 import torch
 
-from . import ops
-from .ops import BackendUnavailableError, OpTable
+from . import BackendUnavailableError, OpTable, reference
 
 
 def _attention(kernel):
-    def attention(q, k, v, key_padding_mask=None, dropout_p=0.0):
+    def attention(q, k, v, key_valid=None, dropout_p=0.0):
         if dropout_p > 0.0:  # no dropout in the kernel: use the reference for this call
-            return ops.attention(q, k, v, key_padding_mask, dropout_p)
-        return kernel(q, k, v, key_padding_mask)
+            return reference.attention(q, k, v, key_valid, dropout_p)
+        return kernel(q, k, v, key_valid)
 
     return attention
 
@@ -43,12 +42,12 @@ def load() -> OpTable:
         raise BackendUnavailableError(
             "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1, set before triton is "
             "imported, to run the kernels on CPU through Triton's interpreter)")
-    from .kernels import attention, cross_entropy, layernorm, mlp
+    from ..kernels import attention, cross_entropy, layernorm, mlp
 
     return OpTable(
         name="triton",
         layer_norm=layernorm.layer_norm,
-        linear=ops.linear,
+        linear=reference.linear,
         mlp=mlp.mlp,
         attention=_attention(attention.attention),
         cached_attention=attention.cached_attention,

@@ -76,3 +76,43 @@ def sample_next(logits, temperature=0.0, top_k=None, top_p=None, min_p=None, gen
         return logits.argmax(dim=-1)
     logits = filter_logits(logits / temperature, top_k, top_p, min_p)
     return draw(torch.softmax(logits, dim=-1), generator, noise)
+
+
+class Penalties:
+    """Per-row state of the repetition and presence/frequency penalties, kept on the device
+    for every row of the original batch (so a row's penalties do not depend on which other
+    rows are still being computed).
+
+    seen [B, V] bool: tokens in the prompt's real positions or the output (repetition);
+    counts [B, V] float: how often each token was generated (presence, frequency).
+    """
+
+    def __init__(self, cfg, prompt: torch.Tensor, prompt_valid: torch.Tensor, vocab_size: int):
+        B, device = prompt.shape[0], prompt.device
+        self.cfg = cfg
+        self.seen = None
+        if cfg.repetition_penalty != 1.0:
+            w = prompt_valid.float()
+            self.seen = torch.zeros(B, vocab_size, device=device).scatter_add_(1, prompt, w) > 0
+        self.counts = None
+        if cfg.presence_penalty != 0.0 or cfg.frequency_penalty != 0.0:
+            self.counts = torch.zeros(B, vocab_size, device=device)
+
+    def apply(self, logits, rows: torch.Tensor | None):
+        """Penalised logits [b, V] of the original rows `rows` (None: all rows, in order)."""
+        cfg = self.cfg
+        if self.seen is not None:
+            seen = self.seen if rows is None else self.seen[rows]
+            logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+        if self.counts is not None:
+            counts = self.counts if rows is None else self.counts[rows]
+            logits = apply_presence_frequency_penalty(logits, counts, cfg.presence_penalty,
+                                                      cfg.frequency_penalty)
+        return logits
+
+    def record(self, rows: torch.Tensor, token: torch.Tensor, live: torch.Tensor) -> None:
+        """Rows `rows` made `token` [b]; only those with `live` [b] True count."""
+        if self.seen is not None:
+            self.seen[rows, token] |= live
+        if self.counts is not None:
+            self.counts.index_put_((rows, token), live.float(), accumulate=True)

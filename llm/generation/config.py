@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fileio import atomic_write_text
+from ..fileio import atomic_write_text
 
 # HF fields that change what is generated and that this engine does not implement,
 # with the value that means "off".

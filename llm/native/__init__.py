@@ -1,0 +1,62 @@
+"""The C++/CUDA extension `llm._C` (sources in `csrc/`): loading it, its CPU instruction-set
+controls, and (in `packing` and `decoder`) the whole-model CPU decoder it provides.
+
+The op-table entries of the `native` backend live in `llm/ops/native.py`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..ops import BackendUnavailableError
+
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+
+
+def extension():
+    """The loaded `llm._C` module; BackendUnavailableError saying why when it cannot load,
+    ValueError when $LLM_NATIVE_ISA names an instruction set that does not exist."""
+    try:
+        from .. import _C  # loading it registers torch.ops.llm
+    except (ImportError, OSError) as e:
+        if os.environ.get("LLM_SKIP_NATIVE", "0") not in ("", "0"):
+            why = "it was not built (LLM_SKIP_NATIVE is set)"
+        else:
+            why = "it is not built or cannot load"
+        raise BackendUnavailableError(
+            f"backend 'native' is not available: the C++ extension llm._C {why} ({e}). "
+            f"Build it with `pip install --no-build-isolation -e .` (needs a C++ compiler and torch)."
+        ) from e
+    # The kernels read $LLM_NATIVE_ISA once; reading it here, outside any parallel region,
+    # turns a bad value into a Python error instead of an abort inside a kernel.
+    try:
+        torch.ops.llm.cpu_isa()
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"LLM_NATIVE_ISA={os.environ.get('LLM_NATIVE_ISA')!r}: {e}") from None
+    return _C
+
+
+def has_cuda_kernels() -> bool:
+    """True when the extension was built with its CUDA kernels."""
+    extension()
+    return bool(torch.ops.llm.has_cuda_kernels())
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels use now: 'avx512_bf16', 'avx512' or 'portable'."""
+    extension()
+    return torch.ops.llm.cpu_isa()
+
+
+def cpu_best_isa() -> str:
+    """The best instruction set this CPU supports."""
+    extension()
+    return torch.ops.llm.cpu_best_isa()
+
+
+def set_cpu_isa(name: str) -> None:
+    """Use a lower instruction set than the CPU's best (e.g. to test the portable code)."""
+    extension()
+    torch.ops.llm.set_cpu_isa(name)
