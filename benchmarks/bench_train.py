@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from common import RESULTS, append_jsonl, environment, markdown_table, set_threads, sync, timed
 from llm import GPT, GPTConfig
 from llm.ops import BackendUnavailableError
-from llm.train import param_groups
+from llm.training import param_groups
 
 # (preset, batch size, context length) per shape: a few steps each on two CPU cores.
 SHAPES = {"tiny": ("tiny", 4, 64), "small": ("small", 8, 256), "gpt2": ("gpt2", 1, 256)}

@@ -1,7 +1,8 @@
 """The main job of `make run`: pretrain the `small` preset on the built-in corpus for about
 two minutes on the CPU, save it, evaluate it, and generate from it, with tokens/s for both.
 
-Offline: the corpus is the local Python installation's documentation (`llm.corpus`).
+Offline: the corpus is the local Python installation's documentation (`llm.training.corpus`).
+torch and the engine are imported only when the demo runs, so `llm --help` stays light.
 """
 
 from __future__ import annotations
@@ -10,14 +11,7 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from ..config import GPTConfig
-from ..corpus import build_corpus
-from ..data import WindowDataset, load_tokens, split_tokens
-from ..model import GPT
-from ..tokenizer import get_tokenizer
-from ..train import evaluate, param_groups, train
 
 PRESET = "small"
 BATCH_SIZE = 8
@@ -31,6 +25,11 @@ NEW_TOKENS = 48
 
 def seconds_per_step(config: GPTConfig, batch_size: int, context_length: int, repeats: int = 3) -> float:
     """Wall time of one training step (forward, backward, AdamW) after a warm-up step."""
+    import torch
+
+    from ..model import GPT
+    from ..training import param_groups
+
     model = GPT(config)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4)
     x = torch.randint(0, config.vocab_size, (batch_size, context_length))
@@ -52,6 +51,12 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    import torch
+
+    from ..model import GPT
+    from ..tokenizer import get_tokenizer
+    from ..training import WindowDataset, build_corpus, evaluate, load_tokens, split_tokens, train
+
     budget = float(TRAIN_SECONDS)
     out = Path(args.out)
     t0 = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ..training.config import DTYPES
+
 
 def add_parser(sub):
     p = sub.add_parser("eval", help="loss and perplexity of a model on a text")
@@ -15,14 +17,13 @@ def add_parser(sub):
     p.add_argument("--max-batches", type=int, default=None, help="evaluate only the first batches")
     p.add_argument("--backend", default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     return p
 
 
 def run(args) -> int:
-    from ..data import WindowDataset, load_tokens
     from ..model import GPT
-    from ..train import evaluate
+    from ..training import WindowDataset, evaluate, load_tokens
 
     model = GPT.from_pretrained(args.model, backend=args.backend, device=args.device)
     tokens = load_tokens(args.data)

@@ -1,9 +1,49 @@
-"""`llm train`: pretrain a GPT on a text dataset (torch is imported only to run)."""
+"""`llm train`: pretrain a GPT on a text dataset (torch is imported only to run).
+
+The setting flags are made from `TrainConfig`'s fields: `--batch-size` for `batch_size`,
+with the field's type and help text. A flag left out is None, "not given": `train` then
+uses the dataclass default, or on `--resume` the checkpoint's setting.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
+import typing
+
+from ..training.config import TrainConfig
+
+FLAG_TYPES = (int, float, str)
+
+
+def flag_type(annotation) -> type:
+    """int for `int` and for `int | None`; likewise float and str."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    if len(args) != 1 or args[0] not in FLAG_TYPES:
+        raise TypeError(f"no command-line flag for a setting of type {annotation!r}")
+    return args[0]
+
+
+def add_setting_flags(parser, config_class=TrainConfig) -> None:
+    """One flag per field of `config_class`, default None (not given)."""
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        help_text = f.metadata["help"]
+        if f.default is not None:
+            help_text += f" (default {f.default})"
+        extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+        # default None, not the field's: a resumed run must tell "not given" from "given";
+        # help is %-formatted by argparse, so a literal % is doubled
+        parser.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()),
+                            dest=f.name, type=flag_type(hints[f.name]), default=None,
+                            help=help_text.replace("%", "%%"), **extra)
+
+
+def given_settings(args, config_class=TrainConfig) -> dict:
+    """The settings whose flags were given: {field name: value}."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def add_parser(sub):
@@ -13,26 +53,7 @@ def add_parser(sub):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", default=None, help="model preset (default 'small'): small, tiny, gpt2, ...")
     g.add_argument("--config", default=None, help="model config.json (Hugging Face GPT-2 format)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per micro-batch (default 8)")
-    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default 1)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4)")
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--grad-clip", type=float, default=None, help="max gradient norm, 0 for none (default 1.0)")
-    p.add_argument("--context-length", type=int, default=None, help="window length (default: n_positions)")
-    p.add_argument("--stride", type=int, default=None, help="window stride (default: context length)")
-    p.add_argument("--val-fraction", type=float, default=None, help="validation split (default 0.05)")
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--eval-batches", type=int, default=None, help="validation batches per evaluation (default 20)")
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop and save at the first step boundary after this many seconds")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                   help="bfloat16: autocast; weights and optimizer stay float32")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    add_setting_flags(p.add_argument_group("training settings"))
     p.add_argument("--backend", default=None,
                    help="op backend: torch, triton, native or auto (may change on --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -41,19 +62,12 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..checkpoint import CheckpointError
-    from ..train import NonFiniteLossError, TrainingInterrupted, train
+    from ..training import CheckpointError, NonFiniteLossError, TrainingInterrupted, train
 
-    settings = dict(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                    lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-                    grad_clip=args.grad_clip, context_length=args.context_length, stride=args.stride,
-                    val_fraction=args.val_fraction, eval_every=args.eval_every, eval_batches=args.eval_batches,
-                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
-                    seed=args.seed, max_seconds=args.max_seconds, dtype=args.dtype, device=args.device)
     try:
         result = train(args.data, args.out, preset=args.preset, config=args.config,
                        backend=args.backend, resume=args.resume, overwrite=args.overwrite,
-                       **{k: v for k, v in settings.items() if v is not None})
+                       **given_settings(args))
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

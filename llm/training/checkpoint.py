@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fileio import atomic_open
+from ..fileio import atomic_open
 
 CHECKPOINT_FORMAT = "llm-train-checkpoint"
 CHECKPOINT_VERSION = 1

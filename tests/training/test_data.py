@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from llm import data as data_mod
-from llm.corpus import build_corpus, harvest_documents
-from llm.data import (ResumableSampler, WindowDataset, load_tokens, make_loader, num_windows,
-                      read_documents, split_tokens)
+from llm.training import data as data_mod
+from llm.training.corpus import build_corpus, harvest_documents
+from llm.training.data import (ResumableSampler, WindowDataset, load_tokens, make_loader, num_windows,
+                               read_documents, split_tokens)
 from llm.tokenizer import EOT_TOKEN, get_tokenizer
 
 

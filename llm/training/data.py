@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .fileio import atomic_open, atomic_write_text
-from .tokenizer import EOT_TOKEN, get_tokenizer
+from ..fileio import atomic_open, atomic_write_text
+from ..tokenizer import EOT_TOKEN, get_tokenizer
 
 CACHE_FORMAT = 1
 TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit

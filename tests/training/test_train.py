@@ -11,13 +11,13 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import llm
-from llm import checkpoint as ckpt_mod
-from llm.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint)
 from llm.cli import main
 from llm.config import GPTConfig
-from llm.corpus import build_corpus
 from llm.model import GPT
-from llm.train import (NonFiniteLossError, TrainingInterrupted, lr_factor, param_groups, train)
+from llm.training import checkpoint as ckpt_mod
+from llm.training import (NonFiniteLossError, TrainingInterrupted, lr_factor, param_groups, train)
+from llm.training.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint)
+from llm.training.corpus import build_corpus
 
 # A tiny GPT with dropout, so exact resume also depends on the restored RNG state.
 TINY = GPTConfig.from_preset("tiny", resid_pdrop=0.1, attn_pdrop=0.1, embd_pdrop=0.1)

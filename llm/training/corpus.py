@@ -20,7 +20,7 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
-from .fileio import atomic_open
+from ..fileio import atomic_open
 
 CORPUS_VERSION = 2
 # Folders of the standard library that hold tests, demos or third-party packages.

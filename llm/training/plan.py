@@ -1,0 +1,120 @@
+"""What a training run will do before it starts: the model, the settings and the data.
+
+A fresh run takes its model from a preset or a config and its settings from the caller. A
+resumed run takes both from the newest checkpoint and accepts only the changes that leave
+every loss already in the history as it is (`RESUME_MAY_CHANGE`). Everything is checked
+here, before the output folder is touched, so a run that cannot start leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import GPTConfig
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from .config import RESUME_MAY_CHANGE, TrainConfig
+from .data import TokenData, WindowDataset, load_tokens, split_tokens
+
+
+@dataclass
+class RunPlan:
+    model_config: GPTConfig
+    cfg: TrainConfig  # resolved: no None left
+    state: dict | None = None  # the checkpoint a resumed run continues
+    state_path: Path | None = None
+    stale: list = field(default_factory=list)  # an overwritten run's checkpoints
+
+
+def model_config_for(preset, config) -> GPTConfig:
+    """The GPTConfig of a preset name or a config (a GPTConfig or a config.json path)."""
+    if preset is not None and config is not None:
+        raise ValueError("pass a preset or a config, not both")
+    if isinstance(config, GPTConfig):
+        return config
+    if config is not None:
+        return GPTConfig.from_json(config)
+    return GPTConfig.from_preset(preset or "small")
+
+
+def plan_run(ckpt_dir: Path, preset, config, resume: bool, overwrite: bool, settings: dict) -> RunPlan:
+    """The model and resolved settings of a run into `ckpt_dir`'s folder (see `train`)."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = set(settings) - set(names)
+    if unknown:
+        raise TypeError(f"unknown training settings {sorted(unknown)}; valid: {names}")
+    if resume:
+        plan = _resumed(ckpt_dir, preset, config, settings)
+    else:
+        plan = _fresh(ckpt_dir, preset, config, overwrite, settings)
+    plan.cfg = plan.cfg.resolved(plan.model_config.n_positions)
+    if plan.cfg.context_length > plan.model_config.n_positions:
+        raise ValueError(f"context_length {plan.cfg.context_length} exceeds the model's "
+                         f"n_positions={plan.model_config.n_positions}")
+    return plan
+
+
+def _fresh(ckpt_dir: Path, preset, config, overwrite: bool, settings: dict) -> RunPlan:
+    stale = []
+    if list_checkpoints(ckpt_dir):
+        if not overwrite:
+            raise ValueError(f"{ckpt_dir} already holds checkpoints: resume the run, or "
+                             f"overwrite it, or choose another output folder")
+        stale = [p for _, p in list_checkpoints(ckpt_dir)]  # deleted once the run can start
+    cfg = TrainConfig(**{k: v for k, v in settings.items() if v is not None})
+    return RunPlan(model_config_for(preset, config), cfg, stale=stale)
+
+
+def _resumed(ckpt_dir: Path, preset, config, settings: dict) -> RunPlan:
+    state, state_path = _newest_checkpoint(ckpt_dir)
+    model_config = GPTConfig.from_hf_dict(state["model_config"], source=str(state_path))
+    if preset is not None or config is not None:
+        wanted = model_config_for(preset, config)
+        if wanted.to_hf_dict() != model_config.to_hf_dict():
+            raise ValueError(f"the model asked for differs from the one in {state_path}")
+    saved = TrainConfig(**{**state["train_config"], "max_seconds": None})  # per invocation
+    for k, v in settings.items():
+        if k not in RESUME_MAY_CHANGE and v is not None and v != getattr(saved, k):
+            raise ValueError(f"cannot resume with {k}={v!r}: {state_path} was trained with "
+                             f"{k}={getattr(saved, k)!r}")
+    cfg = dataclasses.replace(saved, **{k: v for k, v in settings.items() if v is not None})
+    if cfg.steps < state["step"]:
+        raise ValueError(f"cannot resume with steps={cfg.steps}: {state_path} is already at "
+                         f"step {state['step']}")
+    return RunPlan(model_config, cfg, state, state_path)
+
+
+def _newest_checkpoint(ckpt_dir: Path) -> tuple[dict, Path]:
+    found = list_checkpoints(ckpt_dir)
+    if not found:
+        raise FileNotFoundError(f"cannot resume: no checkpoint (ckpt-*.pt) in {ckpt_dir}")
+    path = found[-1][1]
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError as e:
+        older = f"; delete it to resume from {found[-2][1].name}" if len(found) > 1 else ""
+        raise CheckpointError(f"{e}{older}") from e
+
+
+def load_data(data, plan: RunPlan) -> tuple[TokenData, WindowDataset, WindowDataset | None]:
+    """The tokens of `data` and its training and validation windows (None: no validation)."""
+    tokens = load_tokens(data)
+    state, cfg = plan.state, plan.cfg
+    if state is not None and state["data"]["sha256"] != tokens.sha256:
+        raise ValueError(f"{data} is not the data {plan.state_path} was trained on "
+                         f"({state['data']['source']}, sha256 {state['data']['sha256'][:12]}...)")
+    T, n = cfg.context_length, len(tokens)
+    if n == 0:
+        raise ValueError(f"{tokens.source} holds no text (0 tokens)")
+    if n < T + 1:
+        raise ValueError(
+            f"{tokens.source} has {n} tokens, fewer than one training window needs "
+            f"(context_length {T} + 1 = {T + 1}); use more data or a smaller context_length"
+        )
+    train_ids, val_ids = split_tokens(tokens.ids, cfg.val_fraction)
+    train_ds = WindowDataset(train_ids, T, cfg.stride, name=f"the training split of {tokens.source}")
+    val_ds = None
+    if cfg.val_fraction > 0:
+        val_ds = WindowDataset(val_ids, T, T, name=f"the validation split ({cfg.val_fraction:g}) of {tokens.source}")
+    return tokens, train_ds, val_ds
