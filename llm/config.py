@@ -32,22 +32,40 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            _check_int(name, getattr(self, name), low=1)
+        if self.n_inner is not None:
+            _check_int("n_inner", self.n_inner, low=1)
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        for name in ("bos_token_id", "eos_token_id"):
-            # GPT-2's <|endoftext|> (50256) does not exist in a smaller vocabulary
-            token = getattr(self, name)
-            if token is not None and not 0 <= token < self.vocab_size:
-                setattr(self, name, None)
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"GPTConfig.layer_norm_epsilon must be a number in (0, 1), got {eps!r}")
         for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
             p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {p!r}")
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+                raise ValueError(f"GPTConfig.{name} must be a number in [0, 1), got {p!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            token = getattr(self, name)
+            if token is not None:
+                _check_int(name, token, low=0)
+                # GPT-2's <|endoftext|> (50256) does not exist in a smaller vocabulary
+                if token >= self.vocab_size:
+                    setattr(self, name, None)
+        # A model of more than ~2^40 parameters is a typo, not a model: refuse it before
+        # anything allocates.
+        if self.num_params() > 1 << 40:
+            raise ValueError(f"GPTConfig describes {self.num_params():.3g} parameters; that is not a GPT-2 "
+                             f"this engine can hold (check n_layer, n_embd, vocab_size)")
+
+    def num_params(self) -> int:
+        """Parameters of the model this config describes (the tied lm_head counted once)."""
+        C, H, b = self.n_embd, self.inner_dim, int(self.bias)
+        block = 2 * C * (1 + b) + (3 * C * C + 3 * C * b) + (C * C + C * b) + (C * H + H * b) + (H * C + C * b)
+        return (self.vocab_size + self.n_positions) * C + self.n_layer * block + C * (1 + b)
 
     @property
     def head_dim(self) -> int:
@@ -129,15 +147,27 @@ class GPTConfig:
             raise FileNotFoundError(f"config file not found: {path}")
         try:
             d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
-        return cls.from_hf_dict(d, source=str(path))
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        try:
+            return cls.from_hf_dict(d, source=str(path))
+        except (ValueError, TypeError) as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
     def save_json(self, path: str | os.PathLike) -> None:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
         atomic_write_text(path, json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"GPTConfig.{name} must be {what}, got {value!r}")
 
 
 # Keys `to_hf_dict` always writes itself (fixed by the architecture).

@@ -185,18 +185,21 @@ class GPT(nn.Module):
     def _check_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor):
             input_ids = torch.as_tensor(input_ids)
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if input_ids.dtype not in _ID_DTYPES:
             raise ValueError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape [B, T], got {tuple(input_ids.shape)}")
+        if input_ids.shape[0] == 0:
+            raise ValueError("input_ids has no rows (B = 0)")
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids is empty (T = 0)")
         if input_ids.shape[1] > self.config.n_positions:
             raise ValueError(
                 f"sequence length {input_ids.shape[1]} exceeds n_positions={self.config.n_positions}"
             )
+        input_ids = input_ids.long()
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
@@ -303,15 +306,20 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, backend: str | None = None, dtype=None,
-                        device=None) -> "GPT":
-        """Load a Hugging Face GPT-2 folder or hub name (see `llm.weights`): every tensor is
-        checked before the model takes them; no second, random model is built."""
+                        device=None, allow_non_finite: bool = False) -> "GPT":
+        """Load a Hugging Face GPT-2 folder or hub name (see `llm.weights`). Every tensor is
+        checked against config.json before any module is built (NaN/inf refused unless
+        `allow_non_finite`); the model then takes the tensors (no random init). dtype: a
+        torch dtype or its name ('float32', 'bfloat16', 'float16')."""
+        dtype = _as_dtype(dtype)
         folder = weights.resolve_model_dir(path)
         config = GPTConfig.from_json(folder / "config.json")
+        state_dict, generation_config = weights.read_weights(folder, config, allow_non_finite)
         with torch.device("meta"):
             model = cls(config, backend="torch")
-        weights.load_weights(model, folder)
-        model.to(device=device, dtype=dtype or torch.float32)
+        weights.assign_weights(model, state_dict)
+        model.generation_config = generation_config
+        model.to(device=device, dtype=dtype)
         return model.set_backend(backend).eval()
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -323,6 +331,23 @@ class GPT(nn.Module):
         if non_embedding:
             n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
         return n
+
+
+_ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.uint16, torch.uint32)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    """A floating torch dtype from a dtype or its name; None is float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+        return _DTYPES[dtype]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype or its name, got {dtype!r}")
+    return dtype
 
 
 class ModuleDecoder:

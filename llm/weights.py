@@ -4,8 +4,8 @@ Reads a folder with `config.json` and `model.safetensors` (or `pytorch_model.bin
 with `weights_only=True`), or a hub name (`gpt2`, `gpt2-medium`, ...) through
 `huggingface_hub`'s cache. HF's GPT-2 stores its linear layers as Conv1D, weight [in, out];
 this model stores [out, in], so those four weights are transposed on the way in and out.
-Every tensor is checked (present, shape, finite dtype) before any is copied into a model:
-a bad file never yields a half-loaded model.
+Every tensor is checked (present, shape, floating dtype, finite values) against the config
+before any module is built: a bad file never yields a half-loaded model.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import GPTConfig
-from .fileio import atomic_path
+from .fileio import file_mode, replace_folder
 from .generation.config import GenerationConfig
 
 # Linear layers that HF keeps in Conv1D layout [in, out].
@@ -96,44 +96,71 @@ def _read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
-def hf_to_state_dict(hf: dict[str, torch.Tensor], model, source: str) -> dict[str, torch.Tensor]:
-    """Map and check an HF GPT-2 state dict onto `model`'s names and shapes."""
+def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a GPT with `config` (linear weights [out, in]; the
+    tied lm_head is not listed). Computed from the config alone, so a file can be checked
+    before any module is built."""
+    C, H, V, P = config.n_embd, config.inner_dim, config.vocab_size, config.n_positions
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (P, C)}
+    layer = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (3 * C, C), "attn.c_attn.bias": (3 * C,),
+             "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+             "mlp.c_fc.weight": (H, C), "mlp.c_fc.bias": (H,), "mlp.c_proj.weight": (C, H), "mlp.c_proj.bias": (C,)}
+    for i in range(config.n_layer):
+        for name, shape in layer.items():
+            if config.bias or not name.endswith(".bias"):
+                shapes[f"transformer.h.{i}.{name}"] = shape
+    shapes["transformer.ln_f.weight"] = (C,)
+    if config.bias:
+        shapes["transformer.ln_f.bias"] = (C,)
+    return shapes
+
+
+def _layers_in(names) -> int:
+    layers = {int(n.split(".")[2]) for n in names if n.startswith("transformer.h.") and n.split(".")[2].isdigit()}
+    return max(layers) + 1 if layers else 0
+
+
+def hf_to_state_dict(hf: dict[str, torch.Tensor], config: GPTConfig, source: str,
+                     allow_non_finite: bool = False) -> dict[str, torch.Tensor]:
+    """Map and check an HF GPT-2 state dict onto this engine's names and shapes for `config`:
+    every tensor present, of the right shape, floating point and (unless allowed) finite."""
     # Original GPT-2 checkpoints name keys without the "transformer." prefix.
     hf = {k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}": v for k, v in hf.items()}
-    expected = model.state_dict()
+    if _layers_in(hf) != config.n_layer:  # before listing the config's tensors: it may be huge
+        raise ValueError(f"{source}: holds {_layers_in(hf)} layers, config.json says n_layer={config.n_layer}")
+    expected = expected_shapes(config)
     out = {}
-    for name, ref in expected.items():
-        if name == "lm_head.weight":
-            continue  # tied to transformer.wte.weight
+    for name, shape in expected.items():
         if name not in hf:
             raise ValueError(f"{source}: missing tensor {name!r}")
-        t = hf[name]
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{source}: {name!r} is not a tensor")
-        if name.endswith(CONV1D_SUFFIXES):
-            t = t.t().contiguous()
-        if tuple(t.shape) != tuple(ref.shape):
-            what = " (Conv1D layout, transposed)" if name.endswith(CONV1D_SUFFIXES) else ""
-            raise ValueError(
-                f"{source}: tensor {name!r} has shape {tuple(t.shape)}{what}, "
-                f"the config expects {tuple(ref.shape)}"
-            )
-        if not t.is_floating_point():
-            raise ValueError(f"{source}: tensor {name!r} has dtype {t.dtype}, expected floating point")
-        out[name] = t
-    unexpected = [k for k in hf if k not in expected and not k.endswith(IGNORED_SUFFIXES)]
+        out[name] = _checked_tensor(hf[name], name, shape, source, allow_non_finite)
+    unexpected = [k for k in hf if k not in expected and k != "lm_head.weight" and not k.endswith(IGNORED_SUFFIXES)]
     if unexpected:
         raise ValueError(f"{source}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     return out
 
 
-def load_weights(model, folder: Path) -> None:
-    """Give `model` (built for `folder`'s config, on any device incl. meta) the folder's
-    checked tensors as its parameters and its generation config. Nothing is assigned
-    unless every tensor checks out."""
+def _checked_tensor(t, name: str, shape: tuple, source: str, allow_non_finite: bool) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{source}: {name!r} is not a tensor")
+    if name.endswith(CONV1D_SUFFIXES):
+        t = t.t().contiguous()
+    if tuple(t.shape) != shape:
+        what = " (Conv1D layout, transposed)" if name.endswith(CONV1D_SUFFIXES) else ""
+        raise ValueError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}{what}, the config expects {shape}")
+    if not t.is_floating_point():
+        raise ValueError(f"{source}: tensor {name!r} has dtype {t.dtype}, expected floating point")
+    if not allow_non_finite and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{source}: tensor {name!r} holds NaN or infinite values "
+                         f"(pass allow_non_finite=True to load it anyway)")
+    return t
+
+
+def read_weights(folder: Path, config: GPTConfig, allow_non_finite: bool = False):
+    """(state dict, generation config) of a model folder, every tensor checked against
+    `config`; raises before anything is built when the file does not fit."""
     hf, source = _read_state_dict(folder)
-    sd = hf_to_state_dict(hf, model, str(source))
-    config = model.config
+    sd = hf_to_state_dict(hf, config, str(source), allow_non_finite)
     generation_config = GenerationConfig.from_pretrained(folder)
     bad = [t for t in generation_config.eos_token_ids() if not 0 <= t < config.vocab_size]
     if bad:
@@ -141,11 +168,14 @@ def load_weights(model, folder: Path) -> None:
                       "is ignored", stacklevel=3)
         kept = [t for t in generation_config.eos_token_ids() if t not in bad]
         generation_config = generation_config.replace(eos_token_id=kept or None)
-    # The checked tensors become the parameters (no random init of a second model); the
-    # tie is restored after the assignment replaced wte's parameter.
-    model.load_state_dict(sd, strict=False, assign=True)
+    return sd, generation_config
+
+
+def assign_weights(model, state_dict: dict[str, torch.Tensor]) -> None:
+    """Make the checked tensors `model`'s parameters (no copy into a random init; `model`
+    may live on the meta device), then restore the lm_head tie the assignment broke."""
+    model.load_state_dict(state_dict, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight
-    model.generation_config = generation_config
 
 
 def state_dict_to_hf(model) -> dict[str, torch.Tensor]:
@@ -159,17 +189,26 @@ def state_dict_to_hf(model) -> dict[str, torch.Tensor]:
     return out
 
 
+# What a model folder's save replaces; anything else in the folder is kept.
+MODEL_FILES = {"model.safetensors", "pytorch_model.bin", "config.json", "generation_config.json"}
+
+
 def save_pretrained(model, path) -> None:
     """Write `model.safetensors`, `config.json` and `generation_config.json` into folder
-    `path`, each atomically (a crash leaves every file either old or new, never torn)."""
+    `path`, replacing the folder's model as a whole (`llm.fileio.replace_folder`): a crash
+    at any moment leaves either the old model or the new one, never a mix; other files in
+    the folder (a training run's checkpoints, ...) are kept."""
     from safetensors.torch import save_file
 
-    folder = Path(path)
     sd = state_dict_to_hf(model)
-    with atomic_path(folder / "model.safetensors") as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt"})
-    model.config.save_json(folder / "config.json")
     generation_config = model.generation_config
     if generation_config.eos_token_id is None:  # a new model: config.json's EOS id
         generation_config = generation_config.replace(eos_token_id=model.config.eos_token_id)
-    generation_config.save_pretrained(folder)
+
+    def write(folder: Path) -> None:
+        save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(folder / "model.safetensors", file_mode())
+        model.config.save_json(folder / "config.json")
+        generation_config.save_pretrained(folder)
+
+    replace_folder(path, write, MODEL_FILES)

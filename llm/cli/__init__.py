@@ -1,7 +1,6 @@
 """Command line: `python -m llm <command> ...` (also the `llm` console script).
 
 One module per command, each with `add_parser(subparsers)` and `run(args) -> exit code`.
-A command imports torch and the engine only when it runs, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..ops import BackendUnavailableError
 from . import demo, eval, generate, train
 
 COMMANDS = (generate, demo, train, eval)
@@ -27,8 +27,6 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        from ..ops import BackendUnavailableError
-
         if isinstance(e, RuntimeError) and not isinstance(e, BackendUnavailableError):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -11,6 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from ..generation import encode_prompts
+from ..model import GPT
+from ..tokenizer import get_tokenizer
+
 DEFAULT_MAX_NEW_TOKENS = 100
 
 
@@ -78,12 +84,6 @@ def read_prompts(path) -> list[str]:
 
 
 def run(args) -> int:
-    import torch
-
-    from ..generation import encode_prompts
-    from ..model import GPT
-    from ..tokenizer import get_tokenizer
-
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_new_tokens is not None and args.max_new_tokens < 0:

@@ -100,6 +100,17 @@ def _make_generator(cfg: GenerationConfig, generator, device):
     return None
 
 
+def _check_left_padded(mask: torch.Tensor) -> None:
+    """New tokens go after the last slot, so padding must come first in every row."""
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("attention_mask has a row with no real token")
+    after_real = mask.long().cummax(dim=1).values.bool() & ~mask
+    if bool(after_real.any()):
+        row = int(after_real.any(dim=1).nonzero()[0])
+        raise ValueError(f"attention_mask row {row} has padding after a real token: generation needs "
+                         f"left padding (padding first, then the prompt)")
+
+
 def _is_text(prompt) -> bool:
     return isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], str))
 
@@ -108,6 +119,8 @@ def start(model, input_ids, max_new_tokens=None, *, attention_mask=None, generat
           use_cache=True, generator=None, tokenizer=None, cuda_graph=None, check_every=None,
           **settings) -> Engine:
     """Check every argument and build the call's `Engine` (nothing runs yet)."""
+    if isinstance(input_ids, (list, tuple)) and len(input_ids) == 0:
+        raise ValueError("no prompt given (input_ids is an empty list)")
     if _is_text(input_ids):
         if attention_mask is not None:
             raise ValueError("attention_mask is computed for text prompts; do not pass one")
@@ -123,8 +136,8 @@ def start(model, input_ids, max_new_tokens=None, *, attention_mask=None, generat
     if T + max(max_new) > model.config.n_positions:
         raise ValueError(f"prompt length {T} + max_new_tokens {max(max_new)} = {T + max(max_new)} "
                          f"exceeds n_positions={model.config.n_positions}")
-    if mask is not None and not bool(mask.any(dim=1).all()):
-        raise ValueError("attention_mask has a row with no real token")
+    if mask is not None:
+        _check_left_padded(mask)
     if cuda_graph and device.type != "cuda":
         raise ValueError("cuda_graph=True needs a model on a CUDA device")
     if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)

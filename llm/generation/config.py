@@ -140,6 +140,8 @@ class GenerationConfig:
             raise ValueError("max_new_tokens is not set")
         if isinstance(m, bool):
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {m!r}")
+        if not isinstance(m, (int, list, tuple)):
+            raise ValueError(f"max_new_tokens must be an integer >= 0 (or one per row), got {m!r}")
         per_row = [m] * batch_size if isinstance(m, int) else list(m)
         if len(per_row) != batch_size:
             raise ValueError(f"max_new_tokens has {len(per_row)} values for a batch of {batch_size} rows")

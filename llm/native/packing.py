@@ -24,17 +24,28 @@ _lock = threading.Lock()  # generation may run in several threads on one model
 
 
 def _stamp(t: torch.Tensor):
-    """What identifies a tensor's current contents cheaply. Inference tensors have no
-    version counter, so an in-place change to one cannot be seen: such weights are
-    repacked on every `pack_model` call (see `_model_stamp`)."""
-    return (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, tuple(t.shape))
+    """What identifies a tensor's current contents cheaply: storage, version counter, dtype,
+    shape, and a checksum of a strided sample of its values. The version counter sees
+    in-place ops on the tensor itself; the sample sees writes that bypass it (`p.data`,
+    inference tensors, which have no counter) whenever they change a sampled value, as
+    loading other weights or an optimizer step does. A write that changes only values
+    between the samples, through `.data`, is the one change this does not see."""
+    version = None if t.is_inference() else t._version
+    return (t.data_ptr(), version, t.dtype, tuple(t.shape), _sample_checksum(t))
+
+
+def _sample_checksum(t: torch.Tensor, n: int = 61) -> float:
+    flat = t.detach().reshape(-1)
+    if flat.numel() == 0:
+        return 0.0
+    step = max(1, flat.numel() // n)
+    sample = flat[::step].double()
+    weights = torch.arange(1, sample.numel() + 1, dtype=torch.float64)
+    return float((sample * weights).sum())
 
 
 def _model_stamp(model):
-    stamps = tuple(_stamp(p) for p in model.parameters())
-    if any(s[1] is None for s in stamps):
-        return None  # unknowable: never equal, so never reused
-    return stamps
+    return tuple(_stamp(p) for p in model.parameters())
 
 
 def packed_weight(weight: torch.Tensor):
@@ -43,7 +54,7 @@ def packed_weight(weight: torch.Tensor):
     key = _stamp(weight)
     with _lock:
         hit = _packed_linears.get(weight)
-    if hit is not None and hit[0] == key and key[1] is not None:
+    if hit is not None and hit[0] == key:
         return hit[1]
     fmt = "bfloat16" if weight.dtype == torch.bfloat16 else "float32"
     packed = torch.ops.llm.pack_linear_weight(weight.detach().contiguous(), fmt)
@@ -87,7 +98,7 @@ def pack_model(model, weight_format: str | None = None):
     stamp = _model_stamp(model)
     with _lock:
         cache = _packed_models.setdefault(model, {})
-        for f in [f for f, (s, _) in cache.items() if s is None or s != stamp]:
+        for f in [f for f, (s, _) in cache.items() if s != stamp]:
             del cache[f]  # weights changed: drop every stale packed copy
         if fmt in cache:
             return cache[fmt][1]

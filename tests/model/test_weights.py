@@ -208,3 +208,145 @@ def test_hub_name_is_served_from_the_local_cache_offline(tmp_path, monkeypatch):
     x = torch.randint(0, 1003, (1, 7))
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-5, atol=1e-5)
+
+
+# -- saves are whole, files readable, bad configs and weights refused before building ------
+
+_KILL_SCRIPT = r"""
+import os, signal, sys, torch
+import safetensors.torch
+import llm, llm.fileio as f
+folder, mode, point = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = {"n": 0}
+real_rename = os.rename
+
+def rename(a, b):
+    calls["n"] += 1
+    if calls["n"] == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_rename(a, b)
+
+def save_file(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+f.os.rename = rename
+if mode == "fallback":  # where the OS has no atomic exchange of two folders
+    f._exchange = lambda a, b: False
+if mode == "write":
+    safetensors.torch.save_file = save_file
+torch.manual_seed(1)
+llm.GPT(llm.GPTConfig.from_preset("tiny")).save_pretrained(folder)
+"""
+
+
+def _kill_during_save(folder, mode, point):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(folder), mode, str(point)],
+                       capture_output=True, text=True)
+    assert r.returncode in (0, -9), r.stderr
+    return r.returncode == -9
+
+
+# exchange: renames 1-2 move the extras, then one atomic exchange; fallback: renames 3-4
+# move the old folder aside and the new one in
+@pytest.mark.parametrize("mode, point", [("write", 0), ("exchange", 1), ("exchange", 2),
+                                         ("fallback", 2), ("fallback", 3), ("fallback", 4)])
+def test_save_killed_midway_loses_nothing(tmp_path, mode, point):
+    folder = tmp_path / "m"
+    torch.manual_seed(0)
+    old = GPT(GPTConfig.from_preset("tiny"))
+    old.save_pretrained(folder)
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "ckpt-1.pt").write_bytes(b"state")
+    (folder / "loss.png").write_bytes(b"png")
+    assert _kill_during_save(folder, mode, point)
+    torch.manual_seed(1)
+    new = GPT(GPTConfig.from_preset("tiny"))
+    if not (mode == "fallback" and point == 4):  # the one instant between two renames
+        w = GPT.from_pretrained(folder).transformer.wte.weight  # the old model or the new one, whole
+        assert torch.equal(w, old.transformer.wte.weight) or torch.equal(w, new.transformer.wte.weight)
+    new.save_pretrained(folder)  # the next save puts back whatever the killed one moved aside
+    assert torch.equal(GPT.from_pretrained(folder).transformer.wte.weight, new.transformer.wte.weight)
+    assert (folder / "checkpoints" / "ckpt-1.pt").read_bytes() == b"state"
+    assert (folder / "loss.png").read_bytes() == b"png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.lock", "m"]
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    GPT(GPTConfig.from_preset("tiny")).save_pretrained(tmp_path / "m")
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
+
+
+def test_save_into_a_file_path_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        GPT(GPTConfig.from_preset("tiny")).save_pretrained(tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_non_finite_weights_are_refused_unless_allowed(tmp_path):
+    model = GPT(GPTConfig.from_preset("tiny"))
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[3, 4] = float("nan")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight.*NaN"):
+        GPT.from_pretrained(tmp_path)
+    assert GPT.from_pretrained(tmp_path, allow_non_finite=True).transformer.h[1].mlp.c_fc.weight.isnan().any()
+
+
+def test_config_that_does_not_fit_the_file_fails_before_building(tmp_path):
+    import json
+    import time
+
+    GPT(GPTConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["n_layer"] = 10_000_000
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="n_layer=10000000"):
+        GPT.from_pretrained(tmp_path)
+    assert time.perf_counter() - t0 < 30  # refused from the file's names, no module built
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("layer_norm_epsilon", -1, "layer_norm_epsilon"),
+    ("layer_norm_epsilon", "1e-5", "layer_norm_epsilon"),
+    ("embd_pdrop", None, "embd_pdrop"),
+    ("n_layer", True, "n_layer"),
+    ("n_inner", 0, "n_inner"),
+])
+def test_config_values_are_checked(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**{field: value})
+    import json
+
+    GPT(GPTConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"config.json.*{match}"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_config_json_that_is_not_an_object(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        GPTConfig.from_json(tmp_path)
+
+
+def test_dtype_by_name(tmp_path):
+    GPT(GPTConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    assert GPT.from_pretrained(tmp_path, dtype="bfloat16").transformer.wte.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        GPT.from_pretrained(tmp_path, dtype="float8")
