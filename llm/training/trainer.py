@@ -11,6 +11,11 @@ optimizer, scheduler, RNG states, step and data position; the newest few kept),
 Resuming loads the newest checkpoint and continues so that every later loss, training and
 validation, equals the one an uninterrupted run computes. Seeded: the same settings give the
 same losses on CPU.
+
+The loop itself is `fit(job, plan, out_dir)`: a `Job` names what is trained (the model, with
+its frozen parameters already frozen), the loss of a batch, the batches, validation and the
+final save; the loop owns the rest. Pretraining (`train`, via `pretraining_job`) and
+fine-tuning (`llm.finetune`) each make their job.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn as nn
 
 from ..model import GPT
 from .checkpoint import checkpoint_name, prune_checkpoints, rng_state, save_checkpoint, set_rng_state
@@ -65,6 +71,34 @@ class TrainResult:
     # validation loss of the returned model (at `step`); after a time-limit stop off the eval
     # schedule it is not in val_losses, so a resumed run's history equals an uninterrupted one
     final_val_loss: float | None = None
+
+
+@dataclass
+class Evaluation:
+    """A validation: the loss (recorded and plotted) and a summary for the log line."""
+
+    loss: float
+    summary: str = ""
+
+
+@dataclass
+class Job:
+    """What `fit` trains. The loop owns the rest: AdamW over the parameters that require
+    grad, the schedule, accumulation, clipping, checkpoints and exact resume, progress,
+    Ctrl-C, the NaN stop and the time limit. Whoever makes a job builds the model (seeded)."""
+
+    model: nn.Module  # with `.backend`; its parameters that require grad are trained
+    loss: Callable[[Any], torch.Tensor]  # the mean loss of one micro-batch from `batches`
+    batches: Callable[[int], Iterator]  # endless micro-batches, from sample `start` on
+    tokens: Callable[[Any], int]  # tokens in a micro-batch, for tokens/s
+    save: Callable[[Path], None]  # writes the trained model into the output folder
+    validate: Callable[[], Evaluation] | None = None  # None: no validation
+    describe: str = ""  # the model and the data, for the first log line
+    title: str = ""  # of loss.png
+    info: dict = field(default_factory=dict)  # kept in every checkpoint: model config, data identity
+    # what a checkpoint holds of the model and how it comes back (default: the whole state dict)
+    state_dict: Callable[[], dict] | None = None
+    load_state_dict: Callable[[dict], Any] | None = None
 
 
 class _StopRequest:
@@ -118,25 +152,51 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
     out_dir = Path(out_dir)
     plan = plan_run(out_dir / "checkpoints", preset, config, resume, overwrite, settings)
     tokens, train_ds, val_ds = load_data(data, plan)
-    run = _Run(out_dir, plan, tokens, train_ds, val_ds, backend)
-    return run.fit(progress, callback)
+    return fit(pretraining_job(plan, tokens, train_ds, val_ds, backend), plan, out_dir, progress, callback)
+
+
+def pretraining_job(plan: RunPlan, tokens: TokenData, train_ds: WindowDataset, val_ds: WindowDataset | None,
+                    backend: str | None) -> Job:
+    """Next-token prediction of a new GPT (seeded) over the windows of a token dataset."""
+    cfg, c = plan.cfg, plan.model_config
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model = GPT(c, backend=backend).to(cfg.device)
+
+    def loss(batch):
+        x, y = (t.to(cfg.device, non_blocking=True) for t in batch)
+        return model.loss(x, y)
+
+    def validate() -> Evaluation:
+        val = evaluate(model, val_ds, cfg.batch_size, cfg.eval_batches, cfg.device, cfg.dtype)
+        return Evaluation(val, f"val perplexity {math.exp(min(val, 50)):.2f}")
+
+    describe = (f"model: {model.num_params() / 1e6:.2f}M parameters (non-embedding); data: {len(tokens):,} "
+                f"tokens, {len(train_ds):,} training windows of {cfg.context_length}"
+                + (f", {len(val_ds):,} validation windows" if val_ds else "")
+                + f"; {cfg.batch_size * cfg.grad_accum * cfg.context_length:,} tokens per step")
+    return Job(model, loss, lambda start: iter(make_loader(train_ds, cfg.batch_size, seed=cfg.seed, start=start)),
+               tokens=lambda batch: batch[0].numel(), save=model.save_pretrained,
+               validate=validate if val_ds is not None else None, describe=describe,
+               title=f"{c.n_layer} layers x {c.n_embd}, {Path(tokens.source).name}",
+               info={"model_config": c.to_hf_dict(),
+                     "data": {"source": tokens.source, "sha256": tokens.sha256, "n_tokens": len(tokens)}})
+
+
+def fit(job: Job, plan: RunPlan, out_dir, progress: bool = True,
+        callback: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Run `job` with the settings and resume state of `plan` into `out_dir` (see `train`
+    for the outputs, the resume rules and the exceptions)."""
+    return _Run(Path(out_dir), plan, job).fit(progress, callback)
 
 
 class _Run:
-    """One invocation of `train`: the model, optimizer and scheduler, and the progress so far."""
+    """One invocation of `fit`: the job, optimizer and scheduler, and the progress so far."""
 
-    def __init__(self, out_dir: Path, plan: RunPlan, tokens: TokenData, train_ds: WindowDataset,
-                 val_ds: WindowDataset | None, backend: str | None):
+    def __init__(self, out_dir: Path, plan: RunPlan, job: Job):
         cfg = self.cfg = plan.cfg
         self.out_dir, self.ckpt_dir, self.stale = out_dir, out_dir / "checkpoints", plan.stale
-        self.model_config, self.tokens = plan.model_config, tokens
-        self.train_ds, self.val_ds = train_ds, val_ds
-        self.device = device = cfg.device
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but no CUDA device is available here")
-        torch.manual_seed(cfg.seed)  # the initial weights
-        self.model = GPT(plan.model_config, backend=backend).to(device)
-        use_fused = torch.device(device).type == "cuda"
+        self.job, self.model, self.device = job, job.model, cfg.device
+        use_fused = torch.device(self.device).type == "cuda"
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=use_fused or None)
         # a plain function, not a bound method: LambdaLR's state_dict then saves nothing of it
@@ -149,11 +209,11 @@ class _Run:
         if self.resumed:
             self._restore(plan.state)
         self.last_ckpt, self.saved_step = plan.state_path, (self.step if self.resumed else None)
-        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.context_length
+        self.tokens_done = 0  # by this invocation's training steps
         self.updating = False  # between the first optimizer change and the step's end
 
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        (self.job.load_state_dict or self.model.load_state_dict)(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -167,14 +227,11 @@ class _Run:
 
     def checkpoint(self, rng) -> Path:
         """Save the state after `self.step` steps, with `rng` the RNG state at that boundary."""
-        tokens = self.tokens
         path = save_checkpoint({
-            "step": self.step, "samples_seen": self.samples_seen,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": rng,
-            "model_config": self.model_config.to_hf_dict(), "train_config": dataclasses.asdict(self.cfg),
+            **self.job.info, "step": self.step, "samples_seen": self.samples_seen,
+            "model": (self.job.state_dict or self.model.state_dict)(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": rng, "train_config": dataclasses.asdict(self.cfg),
             "backend": self.model.backend,  # informational: a resume may use another one
-            "data": {"source": tokens.source, "sha256": tokens.sha256, "n_tokens": len(tokens)},
             "history": {k: [list(x) for x in v] for k, v in self.history.items()},
         }, self.ckpt_dir / checkpoint_name(self.step))
         prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
@@ -185,18 +242,16 @@ class _Run:
         return self.checkpoint(self.rng_at_step_start) if self.saved_step != self.step else self.last_ckpt
 
     def plot(self) -> None:
-        c = self.model_config
-        write_loss_plot(self.out_dir / "loss.png", self.history["train"], self.history["val"],
-                        f"{c.n_layer} layers x {c.n_embd}, {Path(self.tokens.source).name}")
+        write_loss_plot(self.out_dir / "loss.png", self.history["train"], self.history["val"], self.job.title)
 
     def rate(self) -> float:
         """Training tokens/s of this invocation."""
-        seconds = max(time.perf_counter() - self.t_start, 1e-9)
-        return (self.step - self.start_step) * self.tokens_per_step / seconds
+        return self.tokens_done / max(time.perf_counter() - self.t_start, 1e-9)
 
-    def validate(self) -> float:
-        cfg = self.cfg
-        return evaluate(self.model, self.val_ds, cfg.batch_size, cfg.eval_batches, self.device, cfg.dtype)
+    @staticmethod
+    def validation_line(step: int, val: Evaluation, loss_value: float | None = None) -> str:
+        train = f"train loss {loss_value:.4f}, " if loss_value is not None else ""
+        return f"step {step}: {train}val loss {val.loss:.4f}" + (f", {val.summary}" if val.summary else "")
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -208,8 +263,7 @@ class _Run:
             p.unlink(missing_ok=True)
         self.log = logger(progress)
         self._log_start()
-        loader = make_loader(self.train_ds, cfg.batch_size, seed=cfg.seed, start=self.samples_seen)
-        self.batches = iter(loader)
+        self.batches = self.job.batches(self.samples_seen)
         self.amp = autocast_context(self.device, cfg.dtype)
         self.bar = progress_bar(progress, self.step, cfg.steps)
         self.t_start, self.start_step = time.perf_counter(), self.step
@@ -239,13 +293,9 @@ class _Run:
         return self._finish()
 
     def _log_start(self) -> None:
-        val_ds, backend = self.val_ds, self.model.backend
+        backend = self.model.backend
         self.log(
-            f"model: {self.model.num_params() / 1e6:.2f}M parameters (non-embedding), backend {backend}; "
-            f"data: {len(self.tokens):,} tokens, {len(self.train_ds):,} training windows of "
-            f"{self.cfg.context_length}"
-            + (f", {len(val_ds):,} validation windows" if val_ds else "")
-            + f"; {self.tokens_per_step:,} tokens per step"
+            f"{self.job.describe}; backend {backend}"
             + (f"; resuming at step {self.step}" if self.resumed else "")
             + (f" (trained so far with backend {self.resumed_backend}: the same math, so the losses "
                f"agree to float rounding, not bit for bit)"
@@ -259,11 +309,10 @@ class _Run:
                                  tok_s=f"{self.rate():,.0f}", refresh=False)
             self.bar.update(1)
             step = self.step
-            if self.val_ds is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                val = self.validate()
-                self.history["val"].append((step, val))
-                self.log(f"step {step}: train loss {loss_value:.4f}, val loss {val:.4f}, "
-                         f"val perplexity {math.exp(min(val, 50)):.2f}, {self.rate():,.0f} tokens/s")
+            if self.job.validate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                val = self.job.validate()
+                self.history["val"].append((step, val.loss))
+                self.log(f"{self.validation_line(step, val, loss_value)}, {self.rate():,.0f} tokens/s")
                 self.plot()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 self.checkpoint(self.rng_at_step_start)
@@ -283,12 +332,12 @@ class _Run:
         model.train()
         loss_sum = torch.zeros((), device=device)  # on the device: one sync per step, not per micro-batch
         for _ in range(K):
-            x, y = next(self.batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            batch = next(self.batches)
             with self.amp:
-                loss = model.loss(x, y)
+                loss = self.job.loss(batch)
             (loss / K).backward()  # the gradient of the mean, as one K-times larger batch
             loss_sum += loss.detach()
+            self.tokens_done += self.job.tokens(batch)
         loss_value = loss_sum.item() / K
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(self.step + 1, "the loss", loss_value, self.last_ckpt)
@@ -312,10 +361,10 @@ class _Run:
         """The final validation, checkpoint, model and plot of a loop that ended normally."""
         seconds = time.perf_counter() - self.t_start
         tok_s = self.rate()
-        final_val = self._final_validation() if self.val_ds is not None else None
+        final_val = self._final_validation() if self.job.validate is not None else None
         if self.saved_step != self.step:
             self.checkpoint(self.rng_at_step_start)
-        self.model.save_pretrained(self.out_dir)
+        self.job.save(self.out_dir)
         self.plot()
         self.log(f"done: {self.step} steps, {tok_s:,.0f} tokens/s; model saved to {self.out_dir}")
         return TrainResult(self.out_dir, self.step, self.history["train"], self.history["val"],
@@ -325,10 +374,9 @@ class _Run:
         step, history = self.step, self.history["val"]
         if history and history[-1][0] == step:
             return history[-1][1]
-        final_val = self.validate()
+        val = self.job.validate()
         if step == self.cfg.steps:  # the end of the run is on the schedule
-            history.append((step, final_val))
+            history.append((step, val.loss))
         else:  # a time-limit stop: reported, not recorded (a resume would not repeat it)
-            self.log(f"step {step}: val loss {final_val:.4f}, "
-                     f"val perplexity {math.exp(min(final_val, 50)):.2f}")
-        return final_val
+            self.log(self.validation_line(step, val))
+        return val.loss
