@@ -1,11 +1,10 @@
-// Attention over a static KV cache, and appending to it.
+// Attention over a static KV cache.
 //
 // cached_attention: each query i of row b sits at cache slot q_pos[i] and attends to the
 // slots j <= q_pos[i] that key_valid[b] marks real (and always to its own slot), with an
 // exact softmax in fp32: scores, their max, exp and sum, then the weighted sum of V. One
 // (row, head, query) per task; decode has one query per row, prefill many. Its work is
 // O(S * hs) per query, small next to the weights a decode step reads.
-// kv_append writes new keys/values at given slots of the cache (in place).
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -136,39 +135,6 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   return q.scalar_type() == at::kFloat ? out : out.to(q.scalar_type());
 }
 
-void kv_append(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
-               const at::Tensor& pos) {
-  const char* op = "kv_append";
-  check_cache_pair(k_cache, v_cache, op);
-  const int64_t B = k_cache.size(0), nh = k_cache.size(1), S = k_cache.size(2), hs = k_cache.size(3);
-  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{k, "k"}, {v, "v"}}) {
-    check_cpu_tensor(t, op, name);
-    check_dim(t, 4, op, name);
-    LLM_CHECK(t.scalar_type() == k_cache.scalar_type(), "llm.", op, ": ", name, " dtype ", t.scalar_type(),
-              " differs from the cache's ", k_cache.scalar_type());
-    LLM_CHECK(t.size(0) == B && t.size(1) == nh && t.size(3) == hs, "llm.", op, ": ", name, " shape ",
-              shape_str(t), " does not fit the cache ", shape_str(k_cache), " (want [B, nh, T, hs])");
-  }
-  LLM_CHECK(v.sizes() == k.sizes(), "llm.", op, ": v shape ", shape_str(v), " differs from k shape ", shape_str(k));
-  const int64_t T = k.size(2);
-  check_positions(pos, T, S, op, "pos");
-  at::Tensor kc = k.contiguous(), vc = v.contiguous(), p = pos.contiguous();
-  const int64_t* pp = p.const_data_ptr<int64_t>();
-  const size_t row = hs * k_cache.element_size();
-  char* kd = static_cast<char*>(k_cache.data_ptr());
-  char* vd = static_cast<char*>(v_cache.data_ptr());
-  const char* ks = static_cast<const char*>(kc.const_data_ptr());
-  const char* vs = static_cast<const char*>(vc.const_data_ptr());
-  for (int64_t bh = 0; bh < B * nh; ++bh)
-    for (int64_t t = 0; t < T; ++t) {
-      std::memcpy(kd + (bh * S + pp[t]) * row, ks + (bh * T + t) * row, row);
-      std::memcpy(vd + (bh * S + pp[t]) * row, vs + (bh * T + t) * row, row);
-    }
-}
-
 }  // namespace llm
 
-TORCH_LIBRARY_IMPL(llm, CPU, m) {
-  m.impl("cached_attention", &llm::cached_attention);
-  m.impl("kv_append", &llm::kv_append);
-}
+TORCH_LIBRARY_IMPL(llm, CPU, m) { m.impl("cached_attention", &llm::cached_attention); }

@@ -42,8 +42,11 @@ inline uint16_t float_to_bf16(float f) {
 // Instruction-set levels of the CPU kernels, chosen at run time: the best the CPU has,
 // or a lower one forced with set_cpu_isa / $LLM_NATIVE_ISA (tests use this to run every path).
 enum class Isa : int { portable = 0, avx512 = 1, avx512_bf16 = 2 };
-Isa best_isa();     // what this CPU (and OS) supports
-Isa current_isa();  // what the kernels use now
+Isa best_isa();  // what this CPU (and OS) supports
+// What the kernels use now. The first call reads $LLM_NATIVE_ISA and raises c10::ValueError
+// for a name it does not know, so call it at an op's boundary, never inside a parallel
+// region, and pass the result to the kernels.
+Isa current_isa();
 void set_isa(Isa isa);
 const char* isa_name(Isa isa);
 

@@ -3,10 +3,12 @@
 // and S slots. One call runs embeddings, every layer and the lm_head for T new tokens per row
 // inside a single OpenMP parallel region: the threads claim each linear layer's column tiles
 // and the attention's (row, head) pairs from shared counters, moving on when a step's items
-// are all done (see Phase), so a token costs one Python call and no thread start-up per op. Fusions: bias (+ GELU) and the residual
-// add in the linear epilogue; layernorm writes the bf16 copy the next bf16 layer reads.
-// Semantics match GPT.forward_cached: token t of row b sits at cache slot pos[t] with learned
-// position position_ids[b, t] and sees the slots <= pos[t] that key_valid[b] marks (and its own).
+// are all done (see Phase), so a token costs one Python call and no thread start-up per op.
+// Fusions: bias (+ GELU) and the residual add in the linear epilogue; layernorm writes the
+// bf16 copy the next bf16 layer reads. Semantics match the model's modules over a KVCache per
+// layer (llm.model.ModuleDecoder): token t of row b sits at cache slot pos[t] with learned
+// position position_ids[b, t] and sees the slots <= pos[t] that key_valid[b] marks (and its
+// own). select_rows keeps some batch rows of the cache (finished rows dropped, or reordered).
 #include <ATen/ops/empty.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
@@ -221,6 +223,7 @@ class Decoder : public torch::CustomClassHolder {
     const bool bf16 = W.head_.view.format == WFormat::bf16;
     const int64_t kpC = (C + 1) / 2 * 2, kpH = (H + 1) / 2 * 2;
 
+    const Isa isa = current_isa();  // may raise: outside the parallel region
     const int nthreads = max_threads();
     resize(M, C, H, kpC, kpH, bf16, nthreads);
     float* x = x_.data();
@@ -260,7 +263,7 @@ class Decoder : public torch::CustomClassHolder {
       auto linear = [&](const Linear& lin, const float* in, const uint16_t* inb, int64_t rows, int64_t ld_in,
                         const Epilogue& e) {
         run_phase(*ph++, lin.view.tiles, tile_chunk,
-                  [&](int64_t a, int64_t z) { linear_tiles(lin.view, in, ld_in, inb, rows, e, a, z); });
+                  [&](int64_t a, int64_t z) { linear_tiles(lin.view, in, ld_in, inb, rows, e, a, z, isa); });
       };
       auto norm_rows = [&](const at::Tensor& w, const at::Tensor& b, int64_t rows, int64_t stride_rows) {
         for (int64_t r = 0; r < rows; ++r)
@@ -332,6 +335,27 @@ class Decoder : public torch::CustomClassHolder {
     return logits;
   }
 
+  // Keeps batch rows index[0], index[1], ... (int64 [b], each in [0, B); any order, repeats
+  // allowed) of the KV cache: row i of later calls is old row index[i], and they take b rows.
+  void select_rows(const at::Tensor& index) {
+    const char* op = "Decoder.select_rows";
+    check_cpu_tensor(index, op, "index");
+    LLM_CHECK(index.scalar_type() == at::kLong && index.dim() == 1 && index.size(0) >= 1, "llm.", op,
+              ": index must be int64 [b >= 1], got ", index.scalar_type(), " ", shape_str(index));
+    at::Tensor idx = index.contiguous();
+    const int64_t* ip = idx.const_data_ptr<int64_t>();
+    for (int64_t i = 0; i < idx.size(0); ++i)
+      LLM_CHECK(ip[i] >= 0 && ip[i] < B_, "llm.", op, ": index[", i, "] = ", ip[i], " is outside the batch [0, ",
+                B_, ")");
+    // index_select makes new contiguous [L, b, nh, S, hs] buffers, so no row is overwritten
+    // before it is read (the index may reorder or repeat rows).
+    k_cache_ = k_cache_.index_select(1, idx);
+    v_cache_ = v_cache_.index_select(1, idx);
+    B_ = idx.size(0);
+    rows_ = -1;  // the next step sizes its buffers for b rows
+  }
+
+  int64_t batch_size() const { return B_; }
   at::Tensor k_cache() const { return k_cache_; }
   at::Tensor v_cache() const { return v_cache_; }
 
@@ -372,6 +396,8 @@ TORCH_LIBRARY_FRAGMENT(llm, m) {
       .def(torch::init<c10::intrusive_ptr<llm::GPTWeights>, int64_t, int64_t>())
       .def("prefill", &llm::Decoder::prefill)
       .def("decode_one_token", &llm::Decoder::step)
+      .def("select_rows", &llm::Decoder::select_rows)
+      .def("batch_size", &llm::Decoder::batch_size)
       .def("k_cache", &llm::Decoder::k_cache)
       .def("v_cache", &llm::Decoder::v_cache);
 }

@@ -1,7 +1,6 @@
-// LayerNorm over the last dimension, optionally fused with the residual add
-// (h = x + residual; y = LN(h); both returned). Two passes over each row in fp32 (mean,
-// then the centered sum of squares, as torch does); rows run in parallel. bf16 inputs are
-// computed in fp32 and rounded once at the end.
+// LayerNorm over the last dimension: two passes over each row in fp32 (mean, then the
+// centered sum of squares, as torch does); rows run in parallel. bf16 inputs are computed
+// in fp32 and rounded once at the end. layer_norm_row is also the decoder's (decoder.cpp).
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -47,13 +46,16 @@ at::Tensor to_float(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat ? t.contiguous() : t.to(at::kFloat).contiguous();
 }
 
-void check_params(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                  double eps, const char* op) {
+}  // namespace
+
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      double eps) {
+  const char* op = "layer_norm";
   check_cpu_tensor(x, op, "x");
   check_float_dtype(x, op, "x");
   LLM_CHECK(x.dim() >= 1 && x.size(-1) >= 1, "llm.", op, ": x must have a non-empty last dimension, got shape ",
             shape_str(x));
-  const int64_t C = x.size(-1);
+  const int64_t C = x.size(-1), rows = x.numel() / C;
   check_cpu_tensor(weight, op, "weight");
   check_float_dtype(weight, op, "weight");
   LLM_CHECK(weight.dim() == 1 && weight.size(0) == C, "llm.", op, ": weight must have shape [", C, "], got ",
@@ -65,59 +67,19 @@ void check_params(const at::Tensor& x, const at::Tensor& weight, const std::opti
               shape_str(*bias));
   }
   TORCH_CHECK_VALUE(eps >= 0.0, "llm.", op, ": eps must be >= 0, got ", eps);
-}
-
-void run_rows(const float* x, const float* w, const float* b, float eps, int64_t rows, int64_t C, float* out) {
-#pragma omp parallel for schedule(static) if (rows * C > 32768)
-  for (int64_t r = 0; r < rows; ++r) layer_norm_row(x + r * C, w, b, eps, C, out + r * C, nullptr);
-}
-
-}  // namespace
-
-at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      double eps) {
-  check_params(x, weight, bias, eps, "layer_norm");
-  const int64_t C = x.size(-1), rows = x.numel() / C;
   at::Tensor xf = to_float(x), wf = to_float(weight);
   at::Tensor bf = bias.has_value() ? to_float(*bias) : at::Tensor();
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
-  run_rows(xf.const_data_ptr<float>(), wf.const_data_ptr<float>(), bf.defined() ? bf.const_data_ptr<float>() : nullptr,
-           static_cast<float>(eps), rows, C, out.data_ptr<float>());
-  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
-}
-
-std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at::Tensor& residual,
-                                                  const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                                  double eps) {
-  const char* op = "add_layer_norm";
-  check_params(x, weight, bias, eps, op);
-  check_cpu_tensor(residual, op, "residual");
-  LLM_CHECK(residual.scalar_type() == x.scalar_type(), "llm.", op, ": residual dtype ", residual.scalar_type(),
-            " differs from x dtype ", x.scalar_type());
-  LLM_CHECK(residual.sizes() == x.sizes(), "llm.", op, ": residual shape ", shape_str(residual),
-            " differs from x shape ", shape_str(x));
-  const int64_t C = x.size(-1), rows = x.numel() / C;
-  at::Tensor xf = to_float(x), rf = to_float(residual), wf = to_float(weight);
-  at::Tensor bf = bias.has_value() ? to_float(*bias) : at::Tensor();
-  at::Tensor h = at::empty(x.sizes(), x.options().dtype(at::kFloat));
   const float* xp = xf.const_data_ptr<float>();
-  const float* rp = rf.const_data_ptr<float>();
-  float* hp = h.data_ptr<float>();
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  for (int64_t i = 0; i < rows * C; ++i) {
-    float s = xp[i] + rp[i];
-    hp[i] = bf16 ? bf16_to_float(float_to_bf16(s)) : s;  // the sum a bf16 model would hold
-  }
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
-  run_rows(hp, wf.const_data_ptr<float>(), bf.defined() ? bf.const_data_ptr<float>() : nullptr,
-           static_cast<float>(eps), rows, C, out.data_ptr<float>());
-  if (!bf16) return {out, h};
-  return {out.to(x.scalar_type()), h.to(x.scalar_type())};
+  const float* wp = wf.const_data_ptr<float>();
+  const float* bp = bf.defined() ? bf.const_data_ptr<float>() : nullptr;
+  float* op_ = out.data_ptr<float>();
+  const float e = static_cast<float>(eps);
+#pragma omp parallel for schedule(static) if (rows * C > 32768)
+  for (int64_t r = 0; r < rows; ++r) layer_norm_row(xp + r * C, wp, bp, e, C, op_ + r * C, nullptr);
+  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }
 
 }  // namespace llm
 
-TORCH_LIBRARY_IMPL(llm, CPU, m) {
-  m.impl("layer_norm", &llm::layer_norm);
-  m.impl("add_layer_norm", &llm::add_layer_norm);
-}
+TORCH_LIBRARY_IMPL(llm, CPU, m) { m.impl("layer_norm", &llm::layer_norm); }

@@ -265,8 +265,7 @@ void rows_to_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, uint16_t* o
 }
 
 void linear_tiles(const PackedView& w, const float* x, int64_t ldx, const uint16_t* xb, int64_t M,
-                  const Epilogue& e, int64_t t0, int64_t t1) {
-  const Isa isa = current_isa();
+                  const Epilogue& e, int64_t t0, int64_t t1, Isa isa) {
   const bool bf16 = w.format == WFormat::bf16;
   const int64_t klen = bf16 ? w.kp : w.k;
   const size_t esize = w.format == WFormat::f32 ? 4 : (bf16 ? 2 : 1);
@@ -451,11 +450,12 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const at
     rows_to_bf16(xf.const_data_ptr<float>(), K, M, K, xb.data(), w.kp);
   }
   const float* xp = xf.const_data_ptr<float>();
+  const Isa isa = current_isa();
 #pragma omp parallel
   {
     int64_t t0, t1;
     split_range(w.tiles, thread_id(), num_threads_in_team(), &t0, &t1);
-    linear_tiles(w, xp, K, xb.data(), M, e, t0, t1);
+    linear_tiles(w, xp, K, xb.data(), M, e, t0, t1, isa);
   }
   return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "common.h"
+
 namespace llm {
 
 constexpr int64_t kTileN = 64;  // output columns per packed tile
@@ -41,10 +43,11 @@ struct Epilogue {
   int64_t ld_out_bf16 = 0;
 };
 
-// Rows [0, M) through tiles [t0, t1): x fp32 [M, ldx] for f32/int8 weights, xb bf16
-// [M, kp] for bf16 weights (see rows_to_bf16). Runs on the calling thread.
+// Rows [0, M) through tiles [t0, t1) with the micro-kernels of `isa` (current_isa(), read
+// before the parallel region): x fp32 [M, ldx] for f32/int8 weights, xb bf16 [M, kp] for
+// bf16 weights (see rows_to_bf16). Runs on the calling thread.
 void linear_tiles(const PackedView& w, const float* x, int64_t ldx, const uint16_t* xb, int64_t M,
-                  const Epilogue& e, int64_t t0, int64_t t1);
+                  const Epilogue& e, int64_t t0, int64_t t1, Isa isa);
 
 // x [M, K] fp32 -> out [M, kp] bf16 bits, rounded to nearest even, zero padded.
 void rows_to_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, uint16_t* out, int64_t kp);

@@ -2,12 +2,14 @@
 // boundary checks shared by the CPU kernels and the run-time instruction-set choice.
 // Kernels register their implementations with TORCH_LIBRARY_IMPL in their own files
 // (csrc/<op>.cpp for CPU, csrc/cuda/binding.cpp for CUDA); Python fakes live in
-// llm/native_ops.py so torch.compile can trace every op.
+// llm/ops/native.py so torch.compile can trace every op. The GPTWeights and Decoder classes
+// register in csrc/decoder.cpp.
 #include <Python.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <sstream>
 
 #include "common.h"
@@ -66,35 +68,52 @@ const char* isa_name(Isa isa) {
   }
 }
 
-static Isa parse_isa(const std::string& name) {
-  if (name == "portable") return Isa::portable;
-  if (name == "avx512") return Isa::avx512;
-  if (name == "avx512_bf16") return Isa::avx512_bf16;
-  TORCH_CHECK_VALUE(false, "unknown instruction set '", name,
-                    "'; choose one of 'portable', 'avx512', 'avx512_bf16'");
+static constexpr const char* kIsaChoices = "'portable', 'avx512', 'avx512_bf16'";
+
+static bool parse_isa(const std::string& name, Isa* out) {
+  if (name == "portable") *out = Isa::portable;
+  else if (name == "avx512") *out = Isa::avx512;
+  else if (name == "avx512_bf16") *out = Isa::avx512_bf16;
+  else return false;
+  return true;
 }
 
-static std::atomic<int>& isa_slot() {
-  static std::atomic<int> slot([] {
-    Isa isa = best_isa();
-    if (const char* env = std::getenv("LLM_NATIVE_ISA")) {
-      if (*env) {
-        Isa want = parse_isa(env);
-        if (static_cast<int>(want) < static_cast<int>(isa)) isa = want;
-      }
-    }
-    return static_cast<int>(isa);
-  }());
-  return slot;
+// The level the kernels use, or kIsaUnset until the first current_isa() / set_isa(). The
+// first current_isa() reads $LLM_NATIVE_ISA; a name it does not know raises there (and on
+// every later call until set_isa), never inside a kernel: the ops call current_isa() before
+// their parallel regions and hand the level in.
+static constexpr int kIsaUnset = -1;
+static std::atomic<int> g_isa{kIsaUnset};
+static std::mutex g_isa_mutex;
+
+Isa current_isa() {
+  int v = g_isa.load(std::memory_order_acquire);
+  if (v != kIsaUnset) return static_cast<Isa>(v);
+  std::lock_guard<std::mutex> lock(g_isa_mutex);
+  v = g_isa.load(std::memory_order_acquire);
+  if (v != kIsaUnset) return static_cast<Isa>(v);
+  Isa isa = best_isa();
+  const char* env = std::getenv("LLM_NATIVE_ISA");
+  if (env != nullptr && *env != '\0') {
+    Isa want;
+    TORCH_CHECK_VALUE(parse_isa(env, &want), "unknown instruction set '", env, "' in $LLM_NATIVE_ISA; choose one of ",
+                      kIsaChoices, " (or unset it)");
+    if (static_cast<int>(want) < static_cast<int>(isa)) isa = want;  // never above what the CPU has
+  }
+  g_isa.store(static_cast<int>(isa), std::memory_order_release);
+  return isa;
 }
 
-Isa current_isa() { return static_cast<Isa>(isa_slot().load(std::memory_order_relaxed)); }
-void set_isa(Isa isa) { isa_slot().store(static_cast<int>(isa)); }
+void set_isa(Isa isa) {
+  std::lock_guard<std::mutex> lock(g_isa_mutex);  // not overwritten by a first read in flight
+  g_isa.store(static_cast<int>(isa), std::memory_order_release);
+}
 
 static std::string cpu_isa_op() { return isa_name(current_isa()); }
 static std::string cpu_best_isa_op() { return isa_name(best_isa()); }
 static void set_cpu_isa_op(std::string name) {
-  Isa want = parse_isa(name);
+  Isa want;
+  TORCH_CHECK_VALUE(parse_isa(name, &want), "unknown instruction set '", name, "'; choose one of ", kIsaChoices);
   TORCH_CHECK_VALUE(static_cast<int>(want) <= static_cast<int>(best_isa()), "this CPU does not support '",
                     name, "' (best: '", isa_name(best_isa()), "')");
   set_isa(want);
@@ -118,13 +137,9 @@ TORCH_LIBRARY(llm, m) {
       "Tensor? residual=None, str activation='none') -> Tensor");
   // Normalization and activation (csrc/layer_norm.cpp, csrc/bias_gelu.cpp).
   m.def("layer_norm(Tensor x, Tensor weight, Tensor? bias, float eps) -> Tensor");
-  m.def("add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor? bias, float eps) -> (Tensor, Tensor)");
   m.def("bias_gelu(Tensor x, Tensor? bias) -> Tensor");
-  // KV cache (csrc/attention.cpp).
+  // Attention over a KV cache (csrc/attention.cpp).
   m.def("cached_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor q_pos, Tensor? key_valid) -> Tensor");
-  m.def("kv_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor pos) -> ()");
-  // Sampling from logits (csrc/sampling.cpp, csrc/cuda/sampling.cu).
-  m.def("sample_top_k_top_p(Tensor logits, Tensor uniform, float temperature, int top_k, float top_p) -> Tensor");
   // Introspection.
   m.def("cpu_isa() -> str", &llm::cpu_isa_op);
   m.def("cpu_best_isa() -> str", &llm::cpu_best_isa_op);

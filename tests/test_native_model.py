@@ -1,8 +1,10 @@
 """The native backend at model level: the C++ decoder and the op table against `torch`
-(greedy tokens, logits, padding, cache vs recomputation, bf16 and int8 weights), and what
-happens when the extension is not built."""
+(greedy tokens, logits, padding, cache vs recomputation, bf16 and int8 weights, dropping and
+reordering batch rows), what happens when the extension is not built, and a bad
+$LLM_NATIVE_ISA."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -10,6 +12,8 @@ import torch
 
 import llm
 from llm import GPT, BackendUnavailableError, GPTConfig, get_ops
+from llm.model import KVCache
+from llm.native.decoder import NativeDecoder
 
 NATIVE_SKIPPED = os.environ.get("LLM_SKIP_NATIVE", "0") not in ("", "0")
 needs_native = pytest.mark.skipif(NATIVE_SKIPPED, reason="llm._C was not built (LLM_SKIP_NATIVE is set)")
@@ -26,19 +30,21 @@ def pair(preset="tiny", **overrides):
 
 def decode_logits(model, ids, steps, decoder=None):
     """Logits of the prefill and of `steps` greedy decode steps, through the model's own
-    cache path or `decoder` (an object with prefill / decode_one_token)."""
+    decoder (`model.make_decoder`) or `decoder` (an object with prefill / decode_one_token)."""
     B, T = ids.shape
-    run = decoder or model
-    if decoder is None:
-        model.setup_caches(B, T + steps)
+    run = decoder if decoder is not None else model.make_decoder(B, T + steps)
     pos = torch.arange(T + steps)[None].expand(B, -1)
     out = [run.prefill(ids, torch.arange(T), pos[:, :T])]
     for t in range(T, T + steps):
         tok = out[-1].argmax(-1, keepdim=True)
         out.append(run.decode_one_token(tok, torch.tensor([t]), pos[:, t:t + 1]))
-    if decoder is None:
-        model.clear_caches()
     return torch.stack([o.float() for o in out], 1)  # (B, steps + 1, V)
+
+
+def model_caches(model, batch_size, max_seq_len):
+    """One empty KVCache per layer, for `model.hidden_states(..., caches=...)`."""
+    c, p = model.config, model.transformer.wte.weight
+    return [KVCache(batch_size, c.n_head, max_seq_len, c.head_dim, p.dtype, p.device) for _ in range(c.n_layer)]
 
 
 @needs_native
@@ -107,12 +113,11 @@ def test_bf16_decoder_within_bf16_error():
     # teacher-forced on the exact model's tokens, so all three see the same inputs
     toks = exact.argmax(-1)
     def forced(model):
-        model.setup_caches(2, 6 + 3)
+        dec = model.make_decoder(2, 6 + 3)
         pos = torch.arange(9)[None].expand(2, -1)
-        outs = [model.prefill(ids, torch.arange(6), pos[:, :6])]
+        outs = [dec.prefill(ids, torch.arange(6), pos[:, :6])]
         for i, t in enumerate(range(6, 9)):
-            outs.append(model.decode_one_token(toks[:, i:i + 1], torch.tensor([t]), pos[:, t:t + 1]))
-        model.clear_caches()
+            outs.append(dec.decode_one_token(toks[:, i:i + 1], torch.tensor([t]), pos[:, t:t + 1]))
         return torch.stack([o.double() for o in outs], 1)
     exact = forced(ref.double())
     torch_err = (forced(ref_bf16) - exact).abs().max().item()
@@ -123,8 +128,6 @@ def test_bf16_decoder_within_bf16_error():
 @needs_native
 @torch.inference_mode()
 def test_int8_decoder_matches_dequantized_reference():
-    from llm.native_ops import NativeDecoder
-
     ref, nat = pair()
     ids = torch.randint(0, ref.config.vocab_size, (2, 5))
     dec = NativeDecoder(nat, 2, 8, weight_format="int8")
@@ -143,18 +146,144 @@ def test_int8_decoder_matches_dequantized_reference():
     head = dequant(q.lm_head.weight.detach().clone())  # embeddings stay full precision
 
     def reference():
-        q.setup_caches(2, 8)
+        caches = model_caches(q, 2, 8)
         pos = torch.arange(8)[None].expand(2, -1)
-        h = q.hidden_states(ids, None, pos[:, :5], torch.arange(5))[:, -1]
+        h = q.hidden_states(ids, pos[:, :5], None, caches, torch.arange(5), prefill=True)[:, -1]
         outs = [h @ head.T]
         for i, t in enumerate(range(5, 8)):
             tok = got[:, i].argmax(-1, keepdim=True)
-            h = q.hidden_states(tok, None, pos[:, t:t + 1], torch.tensor([t]))[:, -1]
+            h = q.hidden_states(tok, pos[:, t:t + 1], None, caches, torch.tensor([t]))[:, -1]
             outs.append(h @ head.T)
-        q.clear_caches()
         return torch.stack(outs, 1)
 
     torch.testing.assert_close(got, reference(), rtol=1e-4, atol=1e-4)
+
+
+def run_with_selects(decoder, ids, mask, toks, rows, selects):
+    """Prefill `ids[rows]` (left padding in `mask`), then decode the teacher-forced `toks`
+    one column per step, calling `decoder.select_rows(selects[i])` before step i. Returns,
+    per call, (the batch rows it computed, logits)."""
+    T, n = ids.shape[1], toks.shape[1]
+    full = torch.cat([mask, torch.ones_like(toks)], 1)
+    key_valid, positions = full.bool(), GPT.position_ids_from_mask(full)
+    cur = torch.as_tensor(rows)
+    out = [(cur, decoder.prefill(ids[cur], torch.arange(T), positions[cur, :T], key_valid[cur]))]
+    for i in range(n):
+        if i in selects:
+            decoder.select_rows(selects[i])
+            cur = cur[selects[i]]
+        t = T + i
+        logits = decoder.decode_one_token(toks[cur, i:i + 1], torch.tensor([t]), positions[cur, t:t + 1],
+                                          key_valid[cur])
+        out.append((cur, logits))
+    return out
+
+
+@needs_native
+@torch.inference_mode()
+@pytest.mark.parametrize("weight_format", ["float32", "bfloat16", "int8"])
+def test_select_rows_matches_decoding_only_those_rows(weight_format):
+    ref, nat = pair()
+    V, B, T = ref.config.vocab_size, 4, 7
+    ids, toks = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, 5))
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, :3] = 0  # left padding in rows that stay
+    mask[3, :5] = 0
+    mask[2, :1] = 0
+    S = T + toks.shape[1]
+    # drop rows 0 and 2 and swap the other two, later keep only (original) row 1
+    selects = {2: torch.tensor([3, 1]), 4: torch.tensor([1])}
+    got = run_with_selects(NativeDecoder(nat, B, S, weight_format), ids, mask, toks, range(B), selects)
+    assert [tuple(rows.tolist()) for rows, _ in got] == [(0, 1, 2, 3)] * 3 + [(3, 1)] * 2 + [(1,)]
+    # a decoder that never drops a row: each row's logits are that row's alone
+    every = run_with_selects(NativeDecoder(nat, B, S, weight_format), ids, mask, toks, range(B), {})
+    # a decoder that holds only rows 3 and 1 from the start
+    alone = run_with_selects(NativeDecoder(nat, 2, S, weight_format), ids, mask, toks, [3, 1], {4: torch.tensor([1])})
+    # every row is computed on its own (same sums in the same order), so the logits are equal
+    for (rows, logits), (_, e), (a_rows, a) in zip(got, every, alone):
+        assert logits.shape == (len(rows), V)
+        assert torch.equal(logits, e[rows])
+        keep = [i for i, r in enumerate(rows.tolist()) if r in a_rows.tolist()]
+        assert torch.equal(logits[keep], a[[a_rows.tolist().index(rows[i]) for i in keep]])
+    if weight_format != "float32":
+        return
+    # the torch backend's decoder, and recomputing the whole sequence, agree
+    module = run_with_selects(ref.make_decoder(B, S), ids, mask, toks, range(B), selects)
+    full = torch.cat([mask, torch.ones_like(toks)], 1)
+    seq = torch.cat([ids, toks], 1)
+    for i, ((rows, logits), (m_rows, m)) in enumerate(zip(got, module)):
+        assert torch.equal(rows, m_rows)
+        torch.testing.assert_close(logits, m.float(), rtol=1e-4, atol=1e-4)
+        n = T + i  # tokens seen so far: the prompt and i decoded ones
+        again = ref.last_token_logits(seq[rows, :n], GPT.position_ids_from_mask(full[rows, :n]), full[rows, :n].bool())
+        torch.testing.assert_close(logits, again.float(), rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+@torch.inference_mode()
+def test_select_rows_bf16_model_matches_decoding_only_those_rows():
+    _, nat = pair()
+    nat.to(torch.bfloat16)
+    V, B, T = nat.config.vocab_size, 3, 6
+    ids, toks = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, 3))
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[2, :4] = 0
+    S = T + 3
+    dec = nat.make_decoder(B, S)
+    assert isinstance(dec, NativeDecoder) and dec.weights.format() == "bfloat16"
+    got = run_with_selects(dec, ids, mask, toks, range(B), {1: torch.tensor([2, 0])})
+    alone = run_with_selects(nat.make_decoder(2, S), ids, mask, toks, [2, 0], {})
+    for (rows, logits), (a_rows, a) in zip(got[2:], alone[2:]):
+        assert torch.equal(rows, a_rows)
+        assert torch.equal(logits, a)
+
+
+@needs_native
+@torch.inference_mode()
+def test_select_rows_rejects_bad_index():
+    _, nat = pair()
+    dec = NativeDecoder(nat, 3, 8)._decoder
+    pos = torch.arange(4)[None].expand(3, -1)
+    dec.prefill(torch.zeros(3, 4, dtype=torch.long), torch.arange(4), pos, None)
+    for bad in (torch.tensor([0.0]), torch.tensor([[0]]), torch.tensor([], dtype=torch.long)):
+        with pytest.raises(RuntimeError, match=r"select_rows: index must be int64 \[b >= 1\]"):
+            dec.select_rows(bad)
+    with pytest.raises(RuntimeError, match=r"index\[1\] = 3 is outside the batch \[0, 3\)"):
+        dec.select_rows(torch.tensor([0, 3]))
+    with pytest.raises(RuntimeError, match=r"index\[0\] = -1 is outside the batch \[0, 3\)"):
+        dec.select_rows(torch.tensor([-1]))
+    assert dec.batch_size() == 3  # a rejected index changes nothing
+    dec.select_rows(torch.tensor([2, 0]))
+    assert dec.batch_size() == 2 and dec.k_cache().shape[1] == 2
+    with pytest.raises(RuntimeError, match=r"tokens must be int64 \[2, T >= 1\]"):
+        dec.decode_one_token(torch.zeros(3, 1, dtype=torch.long), torch.tensor([4]), pos[:, :1], None)
+    with pytest.raises(RuntimeError, match=r"key_valid must be bool \[2, >= 8\]"):
+        dec.decode_one_token(torch.zeros(2, 1, dtype=torch.long), torch.tensor([4]), pos[:2, :1],
+                             torch.ones(3, 8, dtype=torch.bool))
+    assert dec.decode_one_token(torch.zeros(2, 1, dtype=torch.long), torch.tensor([4]), pos[:2, :1], None).shape == (
+        2, nat.config.vocab_size)
+
+
+@needs_native
+def test_bad_isa_variable_is_a_clean_error(tmp_path):
+    """$LLM_NATIVE_ISA naming no instruction set: a ValueError saying so, not an abort."""
+    env = {**os.environ, "LLM_NATIVE_ISA": "bogus"}
+    forward = ("import torch, llm\n"
+               "model = llm.GPT(llm.GPTConfig.from_preset('tiny'), backend='native')\n"
+               "model(torch.tensor([[1, 2, 3]]))\n")
+    r = subprocess.run([sys.executable, "-c", forward], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, (r.returncode, r.stderr)  # an uncaught Python exception, not SIGABRT (134)
+    assert "terminate called" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: ") and "LLM_NATIVE_ISA" in last, r.stderr
+    assert "'portable', 'avx512', 'avx512_bf16'" in last
+    GPT(GPTConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "llm", "generate", "--model", str(tmp_path), "--prompt", "Hi",
+                        "--max-new-tokens", "2", "--backend", "native"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "terminate called" not in r.stderr
+    assert "error: " in r.stderr and "LLM_NATIVE_ISA" in r.stderr and "'avx512_bf16'" in r.stderr
 
 
 @needs_native
@@ -172,12 +301,10 @@ def test_training_on_native_backend_uses_reference_gradients():
 @needs_native
 @torch.inference_mode()
 def test_decoder_rejects_bad_inputs():
-    from llm.native_ops import NativeDecoder
-
     _, nat = pair()
     dec = NativeDecoder(nat, 1, 8)
     with pytest.raises(RuntimeError, match=r"tokens must be int64 \[1, T >= 1\]"):
-        dec.decoder.prefill(torch.zeros(2, 3, dtype=torch.long), torch.arange(3), torch.arange(3)[None], None)
+        dec._decoder.prefill(torch.zeros(2, 3, dtype=torch.long), torch.arange(3), torch.arange(3)[None], None)
     with pytest.raises(RuntimeError, match=r"input_pos\[0\] = 8 is outside the cache"):
         dec.decode_one_token(torch.zeros(1, 1), torch.tensor([8]), torch.tensor([[0]]))
     with pytest.raises(RuntimeError, match="token id 50257 is outside the vocabulary"):
@@ -216,7 +343,7 @@ def test_decoder_repacks_after_weights_change():
 
 @needs_native
 def test_packing_rejects_mismatched_weights():
-    from llm.native_ops import pack_model
+    from llm.native.packing import pack_model
 
     _, nat = pair()
     with torch.no_grad():

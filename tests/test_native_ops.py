@@ -1,18 +1,21 @@
 """The CPU kernels of llm._C against the torch reference: every op, every instruction-set
-path (AVX-512 + BF16, AVX-512, portable), odd sizes, bad arguments, opcheck, torch.compile."""
+path (AVX-512 + BF16, AVX-512, portable), odd sizes, bad arguments, opcheck, torch.compile,
+and a bad $LLM_NATIVE_ISA raising instead of aborting."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from llm import ops as ref
+from llm.ops import reference as ref
 
 if os.environ.get("LLM_SKIP_NATIVE", "0") not in ("", "0"):
     pytest.skip("llm._C was not built (LLM_SKIP_NATIVE is set)", allow_module_level=True)
 
-from llm import native_ops  # noqa: E402
+from llm.ops import native as native_ops  # noqa: E402
 
 native_ops.load()
 L = torch.ops.llm
@@ -113,10 +116,6 @@ def test_layer_norm(isa, shape):
     torch.testing.assert_close(L.layer_norm(x, w, b, 1e-5), F.layer_norm(x, (C,), w, b, 1e-5), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(L.layer_norm(x, w, None, 1e-5), F.layer_norm(x, (C,), w, None, 1e-5),
                                rtol=1e-5, atol=1e-5)
-    r = torch.randn(shape)
-    y, h = L.add_layer_norm(x, r, w, b, 1e-5)
-    torch.testing.assert_close(h, x + r)
-    torch.testing.assert_close(y, F.layer_norm(x + r, (C,), w, b, 1e-5), rtol=1e-5, atol=1e-5)
     full = F.layer_norm(x.double(), (C,), w.double(), b.double(), 1e-5)
     xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
     torch_err = max_err(F.layer_norm(xb, (C,), wb, bb, 1e-5), full)
@@ -154,14 +153,6 @@ def test_cached_attention(B, nh, S, hs, q_pos, with_valid):
     torch_err = max_err(ref.cached_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), pos, valid), full)
     got = L.cached_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), pos, valid)
     assert max_err(got, full) <= 2 * torch_err + 1e-6
-
-
-def test_kv_append():
-    kc, vc = torch.randn(2, 3, 11, 5), torch.randn(2, 3, 11, 5)
-    k, v, pos = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5), torch.tensor([7, 2, 10, 0])
-    ek, ev = kc.clone().index_copy_(2, pos, k), vc.clone().index_copy_(2, pos, v)
-    L.kv_append(kc, vc, k, v, pos)
-    assert torch.equal(kc, ek) and torch.equal(vc, ev)
 
 
 def test_native_table_ops_match_reference():
@@ -228,8 +219,8 @@ def test_bad_arguments_raise_clear_errors():
         L.cached_attention(torch.randn(1, 3, 1, 4), kc, kc, torch.tensor([1]), None)
     with pytest.raises(RuntimeError, match="k_cache must be contiguous"):
         L.cached_attention(torch.randn(1, 2, 1, 4), kc.transpose(2, 3), kc, torch.tensor([1]), None)
-    with pytest.raises(RuntimeError, match="pos must be int64"):
-        L.kv_append(kc, kc.clone(), torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4), torch.tensor([1.0]))
+    with pytest.raises(RuntimeError, match="q_pos must be int64"):
+        L.cached_attention(torch.randn(1, 2, 1, 4), kc, kc, torch.tensor([1.0]), None)
     with pytest.raises(ValueError, match="unknown instruction set"):
         L.set_cpu_isa("sse9")
 
@@ -246,11 +237,9 @@ def test_opcheck():
         p, s = L.pack_linear_weight(w, fmt)
         opcheck(L.packed_linear, (x, p, s, 70, torch.randn(70), torch.randn(3, 70), "gelu_tanh"))
     opcheck(L.layer_norm, (torch.randn(4, 9), torch.randn(9), torch.randn(9), 1e-5))
-    opcheck(L.add_layer_norm, (torch.randn(4, 9), torch.randn(4, 9), torch.randn(9), None, 1e-5))
     opcheck(L.bias_gelu, (torch.randn(4, 9), torch.randn(9)))
     kc, vc = torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
     opcheck(L.cached_attention, (torch.randn(2, 3, 2, 4), kc, vc, torch.tensor([3, 4]), torch.rand(2, 7) > 0.5))
-    opcheck(L.kv_append, (kc, vc, torch.randn(2, 3, 2, 4), torch.randn(2, 3, 2, 4), torch.tensor([1, 6])))
 
 
 def test_torch_compile_fullgraph():
@@ -269,25 +258,59 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(x), expect, rtol=1e-5, atol=1e-5)
 
 
-def test_sample_top_k_top_p_matches_filter_logits():
-    from llm.sampling import filter_logits
+def test_op_library_has_no_unused_ops():
+    for name in ("add_layer_norm", "kv_append", "sample_top_k_top_p"):
+        assert not hasattr(L, name), name
 
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 1001, generator=g) * 3
-    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 50, 1.0), (1.3, 0, 0.9), (0.8, 20, 0.5), (1.0, 1, 1.0)]:
-        filtered = filter_logits(logits / temperature, top_k or None, top_p)
-        cdf = torch.softmax(filtered.double(), -1).cumsum(-1)
-        for _ in range(8):
-            u = torch.rand(3, generator=g)
-            got = L.sample_top_k_top_p(logits, u, temperature, top_k, top_p)
-            expect = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)[:, 0]
-            assert torch.equal(got, expect), (temperature, top_k, top_p)
-            assert torch.isfinite(filtered.gather(1, got[:, None])).all()  # only kept tokens
-    assert torch.equal(L.sample_top_k_top_p(logits, torch.rand(3), 0.0, 0, 1.0), logits.argmax(-1))
-    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
-        L.sample_top_k_top_p(logits, torch.rand(3), 1.0, 0, 0.0)
-    with pytest.raises(RuntimeError, match=r"uniform must be float32 \[3\]"):
-        L.sample_top_k_top_p(logits, torch.rand(2), 1.0, 0, 1.0)
-    from torch.library import opcheck
 
-    opcheck(L.sample_top_k_top_p, (logits, torch.rand(3), 0.9, 10, 0.8))
+# -- $LLM_NATIVE_ISA -----------------------------------------------------------------------
+
+_BAD_ISA_SCRIPT = """
+import torch
+import llm._C  # the extension alone, without the Python loader's check
+L = torch.ops.llm
+w = torch.randn(70, 33)
+p, s = L.pack_linear_weight(w, "float32")
+C, H, V = 8, 16, 20  # a one-layer model for the C++ decoder
+r = torch.randn
+layer = [r(C), r(C), r(3 * C, C), r(3 * C), r(C, C), r(C), r(C), r(C), r(H, C), r(H), r(C, H), r(C)]
+weights = torch.classes.llm.GPTWeights(2, 1e-5, r(V, C), r(10, C), layer, r(C), r(C), "float32")
+dec = torch.classes.llm.Decoder(weights, 2, 10)
+ids, pos = torch.randint(0, V, (2, 4)), torch.arange(4)
+calls = [
+    ("packed_linear", lambda: L.packed_linear(torch.randn(5, 33), p, s, 70)),  # a parallel region
+    ("decoder", lambda: dec.prefill(ids, pos, pos[None].expand(2, -1), None)),  # one region per call
+    ("cpu_isa", L.cpu_isa),
+    ("packed_linear again", lambda: L.packed_linear(torch.randn(5, 33), p, s, 70)),
+]
+for name, call in calls:
+    try:
+        call()
+    except ValueError as e:
+        assert "LLM_NATIVE_ISA" in str(e) and "'portable', 'avx512', 'avx512_bf16'" in str(e), str(e)
+        print(name, "ValueError")
+    else:
+        print(name, "no error")
+L.set_cpu_isa("portable")  # an explicit choice replaces the variable
+y = L.packed_linear(torch.randn(5, 33), p, s, 70)
+logits = dec.prefill(ids, pos, pos[None].expand(2, -1), None)
+print("after set_cpu_isa", L.cpu_isa(), tuple(y.shape), tuple(logits.shape))
+"""
+
+
+def test_bad_isa_variable_raises_value_error_in_every_op():
+    env = {**os.environ, "LLM_NATIVE_ISA": "bogus", "OMP_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-c", _BAD_ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "terminate called" not in r.stderr
+    assert r.stdout.splitlines() == ["packed_linear ValueError", "decoder ValueError", "cpu_isa ValueError",
+                                     "packed_linear again ValueError",
+                                     "after set_cpu_isa portable (5, 70) (2, 20)"]
+
+
+def test_isa_variable_lowers_the_level():
+    env = {**os.environ, "LLM_NATIVE_ISA": "portable"}
+    r = subprocess.run([sys.executable, "-c", "import torch, llm._C; print(torch.ops.llm.cpu_isa())"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "portable"

@@ -36,8 +36,9 @@ bool is_bf16(const at::Tensor& t, const char* op) {
 
 const void* opt_ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
 
-std::tuple<at::Tensor, at::Tensor> ln_impl(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight,
-                                           const std::optional<at::Tensor>& bias, double eps, const char* op) {
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      double eps) {
+  const char* op = "layer_norm";
   check_cuda(x, op, "x");
   const bool bf16 = is_bf16(x, op);
   LLM_CHECK(x.dim() >= 1 && x.size(-1) >= 1, "llm.", op, ": x must have a non-empty last dimension");
@@ -50,32 +51,13 @@ std::tuple<at::Tensor, at::Tensor> ln_impl(const at::Tensor& x, const at::Tensor
     LLM_CHECK(bias->dim() == 1 && bias->size(0) == C, "llm.", op, ": bias must have shape [", C, "]");
   }
   TORCH_CHECK_VALUE(eps >= 0.0, "llm.", op, ": eps must be >= 0, got ", eps);
-  at::Tensor sum;
-  if (residual) {
-    check_same(*residual, x, op, "residual");
-    LLM_CHECK(residual->sizes() == x.sizes(), "llm.", op, ": residual shape ", shape_str(*residual),
-              " differs from x shape ", shape_str(x));
-    sum = at::empty(x.sizes(), x.options());
-  }
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options());
-  check_launch(cuda::layer_norm(x.const_data_ptr(), residual ? residual->const_data_ptr() : nullptr,
-                                weight.const_data_ptr(), opt_ptr(bias), out.data_ptr(),
-                                sum.defined() ? sum.data_ptr() : nullptr, x.numel() / C, C, static_cast<float>(eps),
-                                bf16, c10::cuda::getCurrentCUDAStream().stream()),
+  check_launch(cuda::layer_norm(x.const_data_ptr(), weight.const_data_ptr(), opt_ptr(bias), out.data_ptr(),
+                                x.numel() / C, C, static_cast<float>(eps), bf16,
+                                c10::cuda::getCurrentCUDAStream().stream()),
                op);
-  return {out, sum};
-}
-
-at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      double eps) {
-  return std::get<0>(ln_impl(x, nullptr, weight, bias, eps, "layer_norm"));
-}
-
-std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at::Tensor& residual,
-                                                  const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                                  double eps) {
-  return ln_impl(x, &residual, weight, bias, eps, "add_layer_norm");
+  return out;
 }
 
 at::Tensor bias_gelu(const at::Tensor& x, const std::optional<at::Tensor>& bias) {
@@ -98,8 +80,8 @@ at::Tensor bias_gelu(const at::Tensor& x, const std::optional<at::Tensor>& bias)
 }
 
 // Positions must lie in [0, S): checked on the host (one small copy) unless the stream is
-// being captured into a CUDA graph, where a copy is not allowed; the kernels then skip
-// out-of-range slots instead of writing outside the cache.
+// being captured into a CUDA graph, where a copy is not allowed; the attention kernel then
+// lets a query at an out-of-range slot see nothing instead of reading outside the cache.
 void check_positions(const at::Tensor& pos, int64_t count, int64_t S, const at::Tensor& like, const char* op,
                      const char* name) {
   LLM_CHECK(pos.scalar_type() == at::kLong && pos.dim() == 1 && pos.size(0) == count, "llm.", op, ": ", name,
@@ -154,54 +136,11 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   return out;
 }
 
-void kv_append(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
-               const at::Tensor& pos) {
-  const char* op = "kv_append";
-  check_caches(k_cache, v_cache, op);
-  const int64_t B = k_cache.size(0), nh = k_cache.size(1), S = k_cache.size(2), hs = k_cache.size(3);
-  check_same(k, k_cache, op, "k");
-  check_same(v, k_cache, op, "v");
-  LLM_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == nh && k.size(3) == hs && v.sizes() == k.sizes(), "llm.",
-            op, ": k and v must be [B, nh, T, hs] matching the cache ", shape_str(k_cache));
-  const int64_t T = k.size(2);
-  check_positions(pos, T, S, k, op, "pos");
-  c10::cuda::CUDAGuard guard(k.device());
-  at::Tensor p = pos.contiguous();
-  check_launch(cuda::kv_append(k_cache.data_ptr(), v_cache.data_ptr(), k.const_data_ptr(), v.const_data_ptr(),
-                               p.const_data_ptr<int64_t>(), B * nh, S, T, hs, k.scalar_type() == at::kBFloat16,
-                               c10::cuda::getCurrentCUDAStream().stream()),
-               op);
-}
-
-at::Tensor sample_top_k_top_p(const at::Tensor& logits, const at::Tensor& uniform, double temperature, int64_t top_k,
-                              double top_p) {
-  const char* op = "sample_top_k_top_p";
-  check_cuda(logits, op, "logits");
-  LLM_CHECK(logits.scalar_type() == at::kFloat && logits.dim() == 2, "llm.", op,
-            ": logits must be float32 [B, V], got ", logits.scalar_type(), " ", shape_str(logits));
-  check_same(uniform, logits, op, "uniform");
-  LLM_CHECK(uniform.dim() == 1 && uniform.size(0) == logits.size(0), "llm.", op, ": uniform must have shape [",
-            logits.size(0), "]");
-  TORCH_CHECK_VALUE(top_k >= 0, "llm.", op, ": top_k must be >= 0 (0: no limit), got ", top_k);
-  TORCH_CHECK_VALUE(top_p > 0.0 && top_p <= 1.0, "llm.", op, ": top_p must be in (0, 1], got ", top_p);
-  c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor out = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
-  check_launch(cuda::sample_top_k_top_p(logits.const_data_ptr<float>(), uniform.const_data_ptr<float>(),
-                                        out.data_ptr<int64_t>(), logits.size(0), logits.size(1),
-                                        static_cast<float>(temperature), top_k, static_cast<float>(top_p),
-                                        c10::cuda::getCurrentCUDAStream().stream()),
-               op);
-  return out;
-}
-
 }  // namespace
 }  // namespace llm
 
 TORCH_LIBRARY_IMPL(llm, CUDA, m) {
   m.impl("layer_norm", &llm::layer_norm);
-  m.impl("add_layer_norm", &llm::add_layer_norm);
   m.impl("bias_gelu", &llm::bias_gelu);
   m.impl("cached_attention", &llm::cached_attention);
-  m.impl("kv_append", &llm::kv_append);
-  m.impl("sample_top_k_top_p", &llm::sample_top_k_top_p);
 }

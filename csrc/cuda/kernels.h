@@ -11,18 +11,13 @@
 namespace llm {
 namespace cuda {
 
-// rows x C; residual/bias/sum_out nullable. sum_out = x + residual (the new residual stream),
-// out = layer_norm(sum) * w + b. C <= 65536.
-cudaError_t layer_norm(const void* x, const void* residual, const void* w, const void* b, void* out, void* sum_out,
-                       int64_t rows, int64_t C, float eps, bool bf16, cudaStream_t stream);
+// rows x C; b nullable. out = layer_norm(x) * w + b. C <= 65536.
+cudaError_t layer_norm(const void* x, const void* w, const void* b, void* out, int64_t rows, int64_t C, float eps,
+                       bool bf16, cudaStream_t stream);
 
 // out = gelu_tanh(x + bias[i % C]); bias nullable.
 cudaError_t bias_gelu(const void* x, const void* bias, void* out, int64_t n, int64_t C, bool bf16,
                       cudaStream_t stream);
-
-// cache[bh, pos[t], :] = src[bh, t, :] for k and v; caches [BH, S, hs], src [BH, T, hs].
-cudaError_t kv_append(void* k_cache, void* v_cache, const void* k, const void* v, const int64_t* pos, int64_t BH,
-                      int64_t S, int64_t T, int64_t hs, bool bf16, cudaStream_t stream);
 
 // Split-K ("flash decoding") attention of Tq queries per (row, head) over a static cache:
 // q [B, nh, Tq, hs], caches [B, nh, S, hs], q_pos [Tq], key_valid [B, S] (nullable),
@@ -31,12 +26,6 @@ int64_t attention_workspace_floats(int64_t B, int64_t nh, int64_t Tq, int64_t S,
 cudaError_t cached_attention(const void* q, const void* k_cache, const void* v_cache, const int64_t* q_pos,
                              const bool* key_valid, void* out, float* workspace, int64_t B, int64_t nh, int64_t Tq,
                              int64_t S, int64_t hs, bool bf16, cudaStream_t stream);
-
-// One token per row from logits [B, V] (fp32): softmax(logits / temperature) restricted to
-// the top_k largest (0: all) and then to the top_p nucleus (1: all), drawn with uniform[b]
-// in [0, 1). temperature <= 0 picks the argmax. out [B] int64.
-cudaError_t sample_top_k_top_p(const float* logits, const float* uniform, int64_t* out, int64_t B, int64_t V,
-                               float temperature, int64_t top_k, float top_p, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace llm
