@@ -29,12 +29,9 @@ def extension():
             f"backend 'native' is not available: the C++ extension llm._C {why} ({e}). "
             f"Build it with `pip install --no-build-isolation -e .` (needs a C++ compiler and torch)."
         ) from e
-    # The kernels read $LLM_NATIVE_ISA once; reading it here, outside any parallel region,
-    # turns a bad value into a Python error instead of an abort inside a kernel.
-    try:
-        torch.ops.llm.cpu_isa()
-    except (ValueError, RuntimeError) as e:
-        raise ValueError(f"LLM_NATIVE_ISA={os.environ.get('LLM_NATIVE_ISA')!r}: {e}") from None
+    # The kernels read $LLM_NATIVE_ISA on first use; reading it here makes a bad value a
+    # ValueError at load time (naming the variable and the valid values).
+    torch.ops.llm.cpu_isa()
     return _C
 
 
