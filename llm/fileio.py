@@ -45,6 +45,21 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
+def writing(path: str | os.PathLike, what: str = "write"):
+    """Any OSError in the block (also one torch.save buries under its own error) comes out
+    as OSError "cannot <what> <path>: <cause>" with the same errno."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ if cause.__cause__ or cause.__suppress_context__ else cause.__context__
+        if cause is None or cause.errno is None:
+            raise
+        raise OSError(cause.errno, f"cannot {what} {path}: {cause.strerror}") from e
+
+
+@contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path beside `path`; when the block succeeds, it becomes `path`."""
     path = Path(path)
@@ -96,13 +111,14 @@ def replace_folder(folder: str | os.PathLike, write: Callable[[Path], None], rep
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(folder):  # one save of a folder at a time, across processes
+    with folder_lock(folder):  # one save of a folder at a time, across processes
         _recover(folder, replaces)
         _replace(folder, write, replaces)
 
 
 @contextmanager
-def _folder_lock(folder: Path):
+def folder_lock(folder: Path):
+    """The lock every `replace_folder` of `folder` holds: a lock file beside it."""
     with open(folder.parent / f".{folder.name}.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # released by the OS if the process dies
         yield

@@ -9,9 +9,13 @@ import argparse
 import sys
 
 from ..ops import BackendUnavailableError
+from ..training.lock import FolderInUseError
 from . import demo, eval, generate, train
 
 COMMANDS = (generate, demo, train, eval)
+
+# what a user can cause and fix: printed as one line, exit code 2
+USER_ERRORS = (ValueError, OSError, BackendUnavailableError, FolderInUseError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +30,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and not isinstance(e, BackendUnavailableError):
-            raise
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"error: {describe_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def describe_error(e: Exception) -> str:
+    """One line: an OSError as "<path>: <cause>", anything else as its message."""
+    if isinstance(e, OSError) and e.strerror:
+        paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+        text = f"{paths}: {e.strerror}" if paths else e.strerror
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())

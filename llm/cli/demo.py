@@ -2,7 +2,6 @@
 two minutes on the CPU, save it, evaluate it, and generate from it, with tokens/s for both.
 
 Offline: the corpus is the local Python installation's documentation (`llm.training.corpus`).
-torch and the engine are imported only when the demo runs, so `llm --help` stays light.
 """
 
 from __future__ import annotations
@@ -11,7 +10,13 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from ..config import GPTConfig
+from ..model import GPT
+from ..tokenizer import get_tokenizer
+from ..training import (WindowDataset, build_corpus, evaluate, load_tokens, param_groups, split_tokens,
+                        train)
 
 PRESET = "small"
 BATCH_SIZE = 8
@@ -25,11 +30,6 @@ NEW_TOKENS = 48
 
 def seconds_per_step(config: GPTConfig, batch_size: int, context_length: int, repeats: int = 3) -> float:
     """Wall time of one training step (forward, backward, AdamW) after a warm-up step."""
-    import torch
-
-    from ..model import GPT
-    from ..training import param_groups
-
     model = GPT(config)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4)
     x = torch.randint(0, config.vocab_size, (batch_size, context_length))
@@ -51,12 +51,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import torch
-
-    from ..model import GPT
-    from ..tokenizer import get_tokenizer
-    from ..training import WindowDataset, build_corpus, evaluate, load_tokens, split_tokens, train
-
     budget = float(TRAIN_SECONDS)
     out = Path(args.out)
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ import torch
 from ..generation import encode_prompts
 from ..model import GPT
 from ..tokenizer import get_tokenizer
+from .checks import check_at_least, check_device
 
 DEFAULT_MAX_NEW_TOKENS = 100
 
@@ -28,7 +29,9 @@ def add_parser(sub):
                    help="a text file with one prompt per line; generates for them in batches")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --batch-file (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help=f"default: the model's generation config, else {DEFAULT_MAX_NEW_TOKENS}")
+                   help="new tokens per prompt; more than fit in the model's n_positions after the "
+                        "longest prompt is an error that says the limit (default: the model's "
+                        f"generation config, else {DEFAULT_MAX_NEW_TOKENS}, cut to what fits)")
     p.add_argument("--min-new-tokens", type=int, default=None, help="no EOS before this many tokens")
     p.add_argument("--temperature", type=float, default=None,
                    help="0 is greedy (default: the model's generation config, else greedy)")
@@ -44,7 +47,7 @@ def add_parser(sub):
                    help="end-of-sequence id (repeatable; default: the model's generation config)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible output)")
     p.add_argument("--backend", default=None, help="op backend: torch, triton, native or auto")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, do not capture the decode step")
     return p
@@ -84,31 +87,24 @@ def read_prompts(path) -> list[str]:
 
 
 def run(args) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_new_tokens is not None and args.max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    check_at_least("--batch-size", args.batch_size, 1)
+    check_at_least("--max-new-tokens", args.max_new_tokens, 0)
+    check_device(args.device)
     prompts = read_prompts(args.batch_file) if args.batch_file else [args.prompt]
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = GPT.from_pretrained(args.model, backend=args.backend, dtype=dtype, device=args.device)
     enc = get_tokenizer()
+    batches = [(start, prompts[start:start + args.batch_size]) for start in range(0, len(prompts), args.batch_size)]
+    encoded = [encode_prompts(batch, enc) for _, batch in batches]
+    wanted = _max_new_tokens(args, model, max(ids.shape[1] for ids, _ in encoded))
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
     kw = _sampling_kwargs(args)
-    wanted = args.max_new_tokens
-    if wanted is None:
-        wanted = model.generation_config.max_new_tokens
-    if wanted is None or not isinstance(wanted, int):
-        wanted = DEFAULT_MAX_NEW_TOKENS
     cuda_graph = False if args.no_cuda_graph else None
     n_tokens, t0 = 0, time.perf_counter()
-    for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start:start + args.batch_size]
-        ids, mask = encode_prompts(batch, enc)
-        max_new = min(wanted, model.config.n_positions - ids.shape[1])
-        if max_new < 0:
-            raise ValueError(f"a prompt of {ids.shape[1]} tokens exceeds n_positions={model.config.n_positions}")
+    for (start, batch), (ids, mask) in zip(batches, encoded):
+        max_new = min(wanted, model.config.n_positions - ids.shape[1])  # a default is cut to fit
         chunks = model.stream(ids, max_new, attention_mask=mask, generator=generator, tokenizer=enc,
                               cuda_graph=cuda_graph, **kw)
         if len(prompts) == 1:
@@ -119,6 +115,22 @@ def run(args) -> int:
     print(f"[{n_tokens} tokens in {dt:.2f}s, {n_tokens / max(dt, 1e-9):.1f} tokens/s, backend {model.backend}]",
           file=sys.stderr)
     return 0
+
+
+def _max_new_tokens(args, model, longest: int) -> int:
+    """New tokens per prompt: --max-new-tokens, which must fit after the longest prompt (of
+    `longest` tokens) in n_positions; else the generation config's or the default."""
+    n_positions = model.config.n_positions
+    if longest > n_positions:
+        raise ValueError(f"a prompt of {longest} tokens exceeds the model's n_positions={n_positions}")
+    if args.max_new_tokens is not None:
+        room = n_positions - longest
+        if args.max_new_tokens > room:
+            raise ValueError(f"--max-new-tokens {args.max_new_tokens} does not fit: the model's n_positions is "
+                             f"{n_positions} and the longest prompt has {longest} tokens, so at most {room}")
+        return args.max_new_tokens
+    wanted = model.generation_config.max_new_tokens
+    return wanted if isinstance(wanted, int) else DEFAULT_MAX_NEW_TOKENS
 
 
 def _print_streaming(prompt: str, chunks) -> int:

@@ -1,4 +1,4 @@
-"""`llm train`: pretrain a GPT on a text dataset (torch is imported only to run).
+"""`llm train`: pretrain a GPT on a text dataset.
 
 The setting flags are made from `TrainConfig`'s fields: `--batch-size` for `batch_size`,
 with the field's type and help text. A flag left out is None, "not given": `train` then
@@ -12,6 +12,8 @@ import math
 import sys
 import typing
 
+from .. import training
+from ..training import CheckpointError, NonFiniteLossError, TrainingInterrupted
 from ..training.config import TrainConfig
 
 FLAG_TYPES = (int, float, str)
@@ -49,7 +51,9 @@ def given_settings(args, config_class=TrainConfig) -> dict:
 def add_parser(sub):
     p = sub.add_parser("train", help="pretrain a GPT on a text dataset, with resumable checkpoints")
     p.add_argument("--data", required=True, help="a .txt file, a folder of .txt files, or a .jsonl with a 'text' field")
-    p.add_argument("--out", required=True, help="output folder: checkpoints/, loss.png, the final model")
+    p.add_argument("--out", required=True,
+                   help="output folder: checkpoints/, loss.png, the final model; one run at a time "
+                        "(a second run into a folder in use fails at once)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", default=None, help="model preset (default 'small'): small, tiny, gpt2, ...")
     g.add_argument("--config", default=None, help="model config.json (Hugging Face GPT-2 format)")
@@ -62,10 +66,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..training import CheckpointError, NonFiniteLossError, TrainingInterrupted, train
-
     try:
-        result = train(args.data, args.out, preset=args.preset, config=args.config,
+        result = training.train(args.data, args.out, preset=args.preset, config=args.config,
                        backend=args.backend, resume=args.resume, overwrite=args.overwrite,
                        **given_settings(args))
     except NonFiniteLossError as e:

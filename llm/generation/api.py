@@ -229,7 +229,13 @@ def generate(model, input_ids, max_new_tokens=None, *, return_dict=False, **kwar
     `model.generation_config` (None keeps the configured value; `eos_token_id=[]` turns
     EOS off). attention_mask [B, T] (1 real, 0 padding) for left-padded batches. Stop
     strings and returned texts decode with `tokenizer` (default: GPT-2's). generator: a
-    torch.Generator for sampling (or `seed`). `use_cache=False` recomputes every step.
+    torch.Generator for sampling (or `seed`). `use_cache=False` recomputes every step:
+    the same tokens in float32. In bfloat16 and float16 the two paths round differently
+    (the cached step attends with one query over the whole preallocated cache, its unwritten
+    slots masked; recomputation attends over exactly the written keys; the kernels sum in
+    another order): each path's logits stay within that precision's rounding of a float32
+    computation, and they differ by about one unit in the last place, so a choice between
+    tokens whose logits are that close may differ, and the sequences part from there.
     cuda_graph: None captures the decode step on CUDA when the decoder allows it, False
     never. check_every: decode steps between looks at the finished flags (default 1 on
     CPU, 16 on CUDA; each look is a host sync).

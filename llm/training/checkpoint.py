@@ -3,9 +3,13 @@
 A checkpoint is one `torch.save` file `ckpt-<step>.pt` holding only tensors and plain
 Python values (dicts, lists, numbers, strings), so `torch.load(weights_only=True)` reads it
 and no pickle ever runs code. It is written to a temporary file in the same folder,
-fsynced, then renamed over its name (and the folder fsynced): a crash mid-write leaves a
-stray temporary file and the previous checkpoints untouched, never a half-written
-`ckpt-*.pt`. The newest `keep` checkpoints are kept.
+fsynced, then renamed over its name (and the folder fsynced): a failed write (a full disk)
+leaves the previous checkpoints and no temporary file; a crash mid-write leaves a stray
+temporary file, never a half-written `ckpt-*.pt`. The newest `keep` checkpoints are kept.
+
+A temporary file's name carries the writer's host and PID
+(`.ckpt-<step>.pt.<host>.<pid>.<random>.tmp`): pruning deletes only those of processes of
+this host that no longer run, never a file another process is writing.
 """
 
 from __future__ import annotations
@@ -13,16 +17,19 @@ from __future__ import annotations
 import os
 import random
 import re
+import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..fileio import atomic_open
+from ..fileio import file_mode, fsync_dir, writing
 
 CHECKPOINT_FORMAT = "llm-train-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+_TEMP = re.compile(r"^\.ckpt-\d+\.pt\.(?P<host>[^.]*)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -47,12 +54,33 @@ def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write `state` to `path` atomically (temporary file, fsync, rename)."""
+    """Write `state` to `path` atomically (temporary file, fsync, rename).
+
+    An OSError names the checkpoint and the cause ("cannot write <path>: No space left on
+    device"), also where torch.save buries it under its own error.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    with atomic_open(path, "wb") as fh:
-        torch.save(state, fh)
+    tmp = None
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.",
+                                       suffix=".tmp")
+            with open(fd, "wb") as fh:
+                torch.save(state, fh)
+                fh.flush()
+                os.fchmod(fh.fileno(), file_mode())  # mkstemp makes it private
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            tmp = None
+    finally:
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+    fsync_dir(path.parent)
     return path
 
 
@@ -75,12 +103,31 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints, and stray temporary files."""
+    """Delete all but the newest `keep` checkpoints, and the temporary files of writers
+    that died (this host's processes that no longer run)."""
     folder = Path(folder)
     for _, p in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         p.unlink(missing_ok=True)
     for p in folder.glob(".ckpt-*.tmp"):
-        p.unlink(missing_ok=True)
+        m = _TEMP.match(p.name)
+        if m and m["host"] == _host() and not _process_runs(int(m["pid"])):
+            p.unlink(missing_ok=True)
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # a write of this process (another thread's) may be in flight
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 # -- random number generator states, as tensors and plain values -------------------------

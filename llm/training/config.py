@@ -1,18 +1,37 @@
 """The settings of a training run: `TrainConfig`, the one place each setting is defined.
 
 Every field carries its help text in `metadata["help"]`, from which `llm train` derives its
-command-line flags (`--batch-size` for `batch_size`, ...). This module imports no torch, so
-the command line can read it without loading the engine.
+command-line flags (`--batch-size` for `batch_size`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
+
+import torch
 
 # dtype setting -> the autocast dtype (a torch attribute name); None runs in float32
 DTYPES = {"float32": None, "bfloat16": "bfloat16"}
+
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def check_device(device, available: bool = True) -> str:
+    """`device` if it is "cpu", "cuda" or "cuda:<index>" (and, with `available`, usable
+    here); a ValueError saying why not otherwise."""
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:<index>")
+    if available and device != "cpu":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here; use cpu")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def setting(default, help_text: str, **metadata):
@@ -78,6 +97,7 @@ class TrainConfig:
             raise ValueError(f"max_seconds must be > 0, got {self.max_seconds!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        check_device(self.device, available=False)  # a resumed run may move to another machine
 
     def resolved(self, n_positions: int) -> "TrainConfig":
         """A copy with every None default filled in."""

@@ -25,6 +25,11 @@ def autocast_context(device: str, dtype: str):
 def evaluate(model: GPT, dataset: WindowDataset, batch_size: int = 8, max_batches: int | None = None,
              device: str | None = None, dtype: str = "float32") -> float:
     """Mean next-token loss over the dataset's windows in order (the first max_batches batches)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     device = device or str(model.transformer.wte.weight.device)
     was_training = model.training
     model.eval()

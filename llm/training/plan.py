@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import GPTConfig
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from .config import RESUME_MAY_CHANGE, TrainConfig
+from .config import RESUME_MAY_CHANGE, TrainConfig, check_device
 from .data import TokenData, WindowDataset, load_tokens, split_tokens
 
 
@@ -49,6 +49,7 @@ def plan_run(ckpt_dir: Path, preset, config, resume: bool, overwrite: bool, sett
     else:
         plan = _fresh(ckpt_dir, preset, config, overwrite, settings)
     plan.cfg = plan.cfg.resolved(plan.model_config.n_positions)
+    check_device(plan.cfg.device)
     if plan.cfg.context_length > plan.model_config.n_positions:
         raise ValueError(f"context_length {plan.cfg.context_length} exceeds the model's "
                          f"n_positions={plan.model_config.n_positions}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fileio import atomic_path, writing
+
 
 def write_loss_plot(path: Path, train_losses, val_losses, title: str = "") -> None:
     """`loss.png`: training loss per step and validation loss (Agg canvas, no pyplot state)."""
@@ -29,9 +31,8 @@ def write_loss_plot(path: Path, train_losses, val_losses, title: str = "") -> No
     ax.legend()
     fig.tight_layout()
     # written beside the old plot and renamed over it: a viewer never reads half a file
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with writing(path), atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def logger(enabled: bool):

@@ -33,10 +33,12 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
+from ..fileio import writing
 from ..model import GPT
 from .checkpoint import checkpoint_name, prune_checkpoints, rng_state, save_checkpoint, set_rng_state
 from .data import TokenData, WindowDataset, make_loader
 from .evaluation import autocast_context, evaluate
+from .lock import run_lock
 from .optim import lr_factor, param_groups
 from .plan import RunPlan, load_data, plan_run
 from .progress import logger, progress_bar, write_loss_plot
@@ -146,13 +148,28 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
     saving a checkpoint and the model as at the end (a resume continues it). The validation
     loss at such a stop is `final_val_loss`; `val_losses` holds only scheduled evaluations.
 
-    Raises NonFiniteLossError on a NaN/inf loss (the last good checkpoint is kept) and
-    TrainingInterrupted on Ctrl-C (after saving a checkpoint).
+    One run at a time writes into `out_dir`: it holds the folder's lock file for its whole
+    life (`llm.training.lock`), and a second run into the folder fails at once with
+    FolderInUseError, touching nothing of the first.
+
+    Raises NonFiniteLossError on a NaN/inf loss (the last good checkpoint is kept),
+    TrainingInterrupted on Ctrl-C (after saving a checkpoint), and OSError "cannot write
+    <path>: <cause>" when a file cannot be written (on a full disk the previous checkpoints
+    stay, with no temporary file beside them).
     """
+    out_dir = checked_out_dir(out_dir)
+    with run_lock(out_dir):  # before reading the folder: what the plan reads stays as read
+        plan = plan_run(out_dir / "checkpoints", preset, config, resume, overwrite, settings)
+        tokens, train_ds, val_ds = load_data(data, plan)
+        return fit(pretraining_job(plan, tokens, train_ds, val_ds, backend), plan, out_dir, progress, callback)
+
+
+def checked_out_dir(out_dir) -> Path:
+    """`out_dir` as a Path; a ValueError if it names something other than a folder."""
     out_dir = Path(out_dir)
-    plan = plan_run(out_dir / "checkpoints", preset, config, resume, overwrite, settings)
-    tokens, train_ds, val_ds = load_data(data, plan)
-    return fit(pretraining_job(plan, tokens, train_ds, val_ds, backend), plan, out_dir, progress, callback)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} exists and is not a folder")
+    return out_dir
 
 
 def pretraining_job(plan: RunPlan, tokens: TokenData, train_ds: WindowDataset, val_ds: WindowDataset | None,
@@ -185,8 +202,11 @@ def pretraining_job(plan: RunPlan, tokens: TokenData, train_ds: WindowDataset, v
 def fit(job: Job, plan: RunPlan, out_dir, progress: bool = True,
         callback: Callable[[int, float], None] | None = None) -> TrainResult:
     """Run `job` with the settings and resume state of `plan` into `out_dir` (see `train`
-    for the outputs, the resume rules and the exceptions)."""
-    return _Run(Path(out_dir), plan, job).fit(progress, callback)
+    for the outputs, the resume rules, the folder's lock and the exceptions). The caller
+    may hold the folder's lock already (`run_lock`), as `train` does while it plans."""
+    out_dir = checked_out_dir(out_dir)
+    with run_lock(out_dir):
+        return _Run(out_dir, plan, job).fit(progress, callback)
 
 
 class _Run:
@@ -241,8 +261,14 @@ class _Run:
     def _checkpoint_if_unsaved(self) -> Path:
         return self.checkpoint(self.rng_at_step_start) if self.saved_step != self.step else self.last_ckpt
 
-    def plot(self) -> None:
-        write_loss_plot(self.out_dir / "loss.png", self.history["train"], self.history["val"], self.job.title)
+    def plot(self, quiet: bool = False) -> None:
+        """Write loss.png; `quiet` on the way out of a stopped run: an OSError (a full disk)
+        is dropped rather than hiding why the run stopped."""
+        try:
+            write_loss_plot(self.out_dir / "loss.png", self.history["train"], self.history["val"], self.job.title)
+        except OSError:
+            if not quiet:
+                raise
 
     def rate(self) -> float:
         """Training tokens/s of this invocation."""
@@ -258,9 +284,9 @@ class _Run:
     def fit(self, progress: bool, callback) -> TrainResult:
         """Start (the output folder is written from here on), loop, and finish."""
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         for p in self.stale:
-            p.unlink(missing_ok=True)
+            with writing(p, "delete"):
+                p.unlink(missing_ok=True)
         self.log = logger(progress)
         self._log_start()
         self.batches = self.job.batches(self.samples_seen)
@@ -275,19 +301,19 @@ class _Run:
                 self._loop(stop, callback)
         except TrainingInterrupted:
             self.bar.close()
-            self.plot()
+            self.plot(quiet=True)
             raise
         except KeyboardInterrupt as e:
             self.bar.close()
             path = None
             if not self.updating:  # model and optimizer are as after `step` steps
                 path = self._checkpoint_if_unsaved()
-            self.plot()
+            self.plot(quiet=True)
             raise TrainingInterrupted(self.step, path or self.last_ckpt) from e
         except BaseException:
             self.bar.close()
             if self.history["train"]:
-                self.plot()
+                self.plot(quiet=True)
             raise
         self.bar.close()
         return self._finish()
@@ -364,8 +390,9 @@ class _Run:
         final_val = self._final_validation() if self.job.validate is not None else None
         if self.saved_step != self.step:
             self.checkpoint(self.rng_at_step_start)
-        self.job.save(self.out_dir)
         self.plot()
+        with writing(self.out_dir, "save the model to"):
+            self.job.save(self.out_dir)
         self.log(f"done: {self.step} steps, {tok_s:,.0f} tokens/s; model saved to {self.out_dir}")
         return TrainResult(self.out_dir, self.step, self.history["train"], self.history["val"],
                            tok_s, seconds, final_val)
