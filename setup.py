@@ -1,4 +1,5 @@
-"""Builds the native extension `llm._C` from csrc/ (package metadata lives in pyproject.toml).
+"""Builds the native extension `llm._C` from csrc/ and lists the packages (the rest of the
+package metadata lives in pyproject.toml).
 
 A CPU build by default; CUDA kernels (csrc/cuda/*.cu) too when torch has CUDA and nvcc is
 found. Environment switches:
@@ -13,7 +14,7 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _flag(name: str) -> bool:
@@ -68,5 +69,8 @@ def _extensions():
     return [ext], cmdclass
 
 
+# Every package under llm/ (found, so a new one ships without a list to update), and the
+# top-level kernels/ folder as llm.kernels (pyproject.toml's package-dir).
+packages = find_packages(include=["llm", "llm.*"]) + ["llm.kernels"]
 ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=packages, ext_modules=ext_modules, cmdclass=cmdclass)

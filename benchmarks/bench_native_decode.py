@@ -26,7 +26,7 @@ import torch
 from common import append_jsonl, git_commit, markdown_table, read_bandwidth_gbs, set_threads, timed, utc_time
 import llm
 from llm import GPT
-from llm.native_ops import pack_model
+from llm.native.packing import pack_model
 
 
 def build_models(seed: int):
@@ -120,7 +120,7 @@ def main():
     # accuracy of the low-precision weights: prompt logits against fp32
     with torch.inference_mode():
         pos = torch.arange(ids.shape[1])
-        from llm.native_ops import NativeDecoder
+        from llm.native.decoder import NativeDecoder
         logits = {f: NativeDecoder(model, 1, ids.shape[1], f).prefill(ids, pos, pos[None]) for f in formats}
     accuracy = {f: {"max_abs_logit_err_vs_fp32": (logits[f] - logits["float32"]).abs().max().item(),
                     "logit_std": logits["float32"].std().item(),

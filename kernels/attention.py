@@ -9,7 +9,7 @@
 # delta = rowsum(dO * O); one kernel per key block accumulates dK and dV over the query
 # blocks below the diagonal; a second kernel per query block accumulates dQ over the key
 # blocks. No atomics, so gradients are deterministic.
-# Masking: query t sees key s when s <= t and (key_padding_mask[b, s] or s == t); a query
+# Masking: query t sees key s when s <= t and (key_valid[b, s] or s == t); a query
 # always sees its own slot, as in `llm.ops.causal_mask`, so padding rows stay finite.
 # `cached_attention` runs the same forward kernel with explicit query slots over the KV
 # cache for prompts (Tq > 1); for one query per row it runs a split-KV decode kernel: the
@@ -86,7 +86,7 @@ def decode_config(dev: str) -> LaunchConfig:
 # -- kernels ---------------------------------------------------------------------------------
 
 
-# See mlp.py: under Triton's CPU interpreter bf16 MMA operands are widened to fp32.
+# See matmul.py: under Triton's CPU interpreter bf16 MMA operands are widened to fp32.
 _INTERPRETED_BF16_DOT = tl.constexpr(interpreting())
 
 
@@ -394,11 +394,11 @@ def _check_mask(name, mask, B, S, device):
     return mask.to(device=device, dtype=torch.int8).contiguous()
 
 
-def attention_fwd(q, k, v, key_padding_mask=None, q_pos=None):
+def attention_fwd(q, k, v, key_valid=None, q_pos=None):
     """Causal attention forward: q[B, nh, Tq, hs], k, v[B, nh, S, hs] -> (o, lse).
 
     Without q_pos, Tq == S and query t sits at slot t. With q_pos[Tq] (cache slots of the
-    queries), query i sees slots <= q_pos[i]. key_padding_mask[B, S]: True for real keys.
+    queries), query i sees slots <= q_pos[i]. key_valid[B, S]: True for real keys.
     lse [B*nh, Tq] fp32 in base 2 (log2 of the softmax denominator, scores pre-scaled).
     """
     _check_qkv("attention", q, k, v)
@@ -409,7 +409,7 @@ def attention_fwd(q, k, v, key_padding_mask=None, q_pos=None):
         raise ValueError(f"attention: q has {T} positions but k has {S}")
     if k.shape != (B, nh, S, hs) or v.shape != k.shape:
         raise ValueError(f"attention: shapes q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)} do not match")
-    kvalid = _check_mask("attention: key_padding_mask", key_padding_mask, B, S, q.device)
+    kvalid = _check_mask("attention: key_valid", key_valid, B, S, q.device)
     o = torch.empty((B, nh, T, hs), dtype=q.dtype, device=q.device)
     lse = torch.empty((B * nh, T), dtype=torch.float32, device=q.device)
     if B * nh * T == 0:
@@ -434,11 +434,11 @@ def attention_fwd(q, k, v, key_padding_mask=None, q_pos=None):
     return o, lse
 
 
-def attention_bwd(do, q, k, v, o, lse, key_padding_mask=None):
+def attention_bwd(do, q, k, v, o, lse, key_valid=None):
     """Gradients (dq, dk, dv) of causal attention_fwd (self-attention, no q_pos)."""
     B, nh, T, hs = q.shape
     q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
-    kvalid = _check_mask("attention: key_padding_mask", key_padding_mask, B, T, q.device)
+    kvalid = _check_mask("attention: key_valid", key_valid, B, T, q.device)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if B * nh * T == 0:
         return dq, dk, dv
@@ -513,13 +513,13 @@ def attention_decode(q, k_cache, v_cache, q_pos, key_valid=None):
 
 @torch.library.custom_op("llm_triton::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      key_padding_mask: Optional[torch.Tensor]
+                      key_valid: Optional[torch.Tensor]
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    return attention_fwd(q, k, v, key_padding_mask)
+    return attention_fwd(q, k, v, key_valid)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, key_padding_mask):
+def _(q, k, v, key_valid):
     B, nh, T, hs = q.shape
     return q.new_empty((B, nh, T, hs)), q.new_empty((B * nh, T), dtype=torch.float32)
 
@@ -527,13 +527,13 @@ def _(q, k, v, key_padding_mask):
 @torch.library.custom_op("llm_triton::attention_bwd", mutates_args=())
 def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       o: torch.Tensor, lse: torch.Tensor,
-                      key_padding_mask: Optional[torch.Tensor]
+                      key_valid: Optional[torch.Tensor]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return attention_bwd(do, q, k, v, o, lse, key_padding_mask)
+    return attention_bwd(do, q, k, v, o, lse, key_valid)
 
 
 @_attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, key_padding_mask):
+def _(do, q, k, v, o, lse, key_valid):
     shape = q.shape
     return q.new_empty(shape), k.new_empty(shape), v.new_empty(shape)
 
@@ -570,12 +570,12 @@ def _(q, k_cache, v_cache, q_pos, key_valid):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+              key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal self-attention, softmax scale 1/sqrt(hs): q, k, v [B, nh, T, hs] ->
-    [B, nh, T, hs]. key_padding_mask [B, T] bool, True for real tokens."""
-    if key_padding_mask is not None:
-        key_padding_mask = key_padding_mask.to(torch.bool)
-    return _attention_fwd_op(q, k, v, key_padding_mask)[0]
+    [B, nh, T, hs]. key_valid [B, T] bool, True for real tokens."""
+    if key_valid is not None:
+        key_valid = key_valid.to(torch.bool)
+    return _attention_fwd_op(q, k, v, key_valid)[0]
 
 
 def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

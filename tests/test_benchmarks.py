@@ -30,7 +30,7 @@ def test_script_imports(name, monkeypatch):
         if not had_common:
             sys.modules.pop("common", None)
     assert module.__doc__
-    if name != "kernel_resources.py":  # that one only forwards to llm.kernels.aot.main
+    if name != "kernel_resources.py":  # that one only forwards to tools/aot.py
         assert callable(module.main)
 
 

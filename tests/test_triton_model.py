@@ -10,6 +10,7 @@ pytest.importorskip("triton")
 from llm import GPT  # noqa: E402
 from llm.config import GPTConfig  # noqa: E402
 from llm.ops import IGNORE_INDEX  # noqa: E402
+from llm.testing import assert_ok, within_tolerance  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CONFIG = GPTConfig(vocab_size=101, n_positions=48, n_embd=60, n_layer=2, n_head=3, n_inner=97)
@@ -23,9 +24,7 @@ def _pair():
 
 
 def _close(a, b, rtol=2e-5):
-    scale = max(1.0, b.abs().max().item())
-    err = (a - b).abs().max().item()
-    assert err <= rtol * scale, f"error {err:.3g} at scale {scale:.3g}"
+    assert_ok(within_tolerance("triton vs torch model", a, b, rtol))
 
 
 def _batch(B=3, T=29):

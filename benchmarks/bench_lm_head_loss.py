@@ -1,8 +1,8 @@
 """lm_head + cross-entropy: torch (unfused logits) | triton (chunked, fused), fwd+bwd time
 and peak memory on CUDA; `--memory-cpu` measures peak memory of both paths on the CPU.
 
-    python benchmarks/bench_cross_entropy.py [--quick]
-    python benchmarks/bench_cross_entropy.py --memory-cpu [--rows 512]
+    python benchmarks/bench_lm_head_loss.py [--quick]
+    python benchmarks/bench_lm_head_loss.py --memory-cpu [--rows 512]
 
 GPU: bf16, C = 768, V = 50257 (GPT-2), peak = torch.cuda.max_memory_allocated above the
 inputs. CPU: each path runs loss.backward() in a fresh process (the triton path through
@@ -93,12 +93,12 @@ def main():
         _cpu_child(args.cpu_child, args.rows)
         return
     if args.memory_cpu:
-        report("cross_entropy_memory_cpu", memory_cpu(args.rows))
+        report("lm_head_loss_memory_cpu", memory_cpu(args.rows))
         return
-    if not require_cuda("bench_cross_entropy"):
+    if not require_cuda("bench_lm_head_loss"):
         print("(peak memory on the CPU: --memory-cpu)")
         return
-    report("cross_entropy", run(args.quick))
+    report("lm_head_loss", run(args.quick))
 
 
 if __name__ == "__main__":

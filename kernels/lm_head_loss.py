@@ -7,7 +7,7 @@
 # lse - logit[target]; pass 2 (when gradients are wanted) overwrites the logits in place
 # with d loss / d logits = (softmax - onehot(target)) / n_valid (zero for ignored rows).
 # The chunk's contribution to dh (= dlogits @ W) and dW (+= dlogits^T @ h_chunk) is taken
-# at once into fp32 buffers (for fp16/bf16 by the Triton matmul of mlp.py, which writes
+# at once into fp32 buffers (for fp16/bf16 by the Triton matmul of matmul.py, which writes
 # and accumulates fp32), and the chunk's logits are dropped. Since the loss is a
 # scalar, the backward only scales the stored dh and dW by the incoming gradient. Peak
 # extra memory is one [R, V] chunk instead of the [N, V] logits (and their fp32 copy and
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ._common import LaunchConfig, check_device, check_float, device_class, next_pow2
-from .mlp import matmul
+from .matmul import matmul
 
 _CE = {
     "interp": LaunchConfig({"BLOCK_V": 1024}),

@@ -1,17 +1,19 @@
-"""Ahead-of-time compilation of every kernel in every launch configuration the dispatch
-tables can pick, for sm_80 and sm_90, without a GPU.
+"""Ahead-of-time compilation of every Triton kernel of `llm.kernels` in every launch
+configuration the dispatch tables can pick, for sm_80 and sm_90, without a GPU.
 
-`python -m llm.kernels.aot [--json PATH]` compiles each (kernel, configuration, dtype,
-target) with `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`, reads
-registers, local memory (spills) and shared memory from the cubin with the `cuobjdump`
-shipped inside triton's package, and greps the SASS for the MMA instructions (HGMMA:
-Hopper warpgroup MMA; HMMA: Ampere-style warp MMA). It must run in a process without
-TRITON_INTERPRET (the interpreter replaces the compiler).
+A developer tool, not part of the package (tests/test_triton_aot.py runs it).
+`python tools/aot.py [--json PATH] [--only TEXT]` compiles each (kernel, configuration,
+dtype, target) with `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`,
+reads registers, local memory (spills) and shared memory from the cubin with the
+`cuobjdump` shipped inside triton's package, and greps the SASS for the MMA instructions
+(HGMMA: Hopper warpgroup MMA; HMMA: Ampere-style warp MMA). It must run in a process
+without TRITON_INTERPRET (the interpreter replaces the compiler).
 
 Shape classes compiled: head sizes 32, 64 and 128 (BLOCK_D; the flash forward both for
 self-attention and with explicit query slots, as cached prompts use it), the three row-width classes
-of the layer norm table at their widest block, every matmul tile of the MLP table (the
-GELU forward, GELU backward and bias-gradient variants), the cross-entropy row kernel.
+of the layer norm table at their widest block, every matmul tile of the matmul table (the
+MLP's GELU forward, GELU backward and bias-gradient variants), the lm_head loss's
+cross-entropy row kernel.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # bytes of shared memory per block
 TARGETS = {80: "sm80", 90: "sm90"}
 DTYPES = ("bf16", "fp16")
-MMA_KERNELS = ("attention", "mlp")  # families whose kernels must use tensor cores
+MMA_KERNELS = ("attention", "matmul")  # families whose kernels must use tensor cores
 
 
 @dataclass
@@ -70,7 +72,7 @@ def _signature(fn, ptrs: dict, consts: dict, floats=()) -> tuple[dict, dict]:
 
 
 def specs() -> list[Spec]:
-    from . import attention, cross_entropy, layernorm, mlp
+    from llm.kernels import attention, layernorm, lm_head_loss, matmul
 
     out = []
 
@@ -123,23 +125,24 @@ def specs() -> list[Spec]:
                 add("attention", attention, "_attn_decode_combine_kernel",
                     f"D={block_d},BLOCK_S=64", cc, dt, dict(PACC="*fp32", PML="*fp32", O=p),
                     dict(BLOCK_S=64, BLOCK_D=block_d), attention.LaunchConfig({}, 4, 1))
-            # MLP matmul: forward GELU (+ saved pre-activation), backward GELU, bias gradient
+            # matmul, as the MLP launches it: forward GELU (+ saved pre-activation), backward
+            # GELU, bias gradient
             mm = dict(A=p, B=p, C=p, Bias=p, Aux=p, Aux2=p, RowSum=p)
             # unit strides as in the launches: x @ fc_w^T, dy @ proj_w, dy^T @ act
             variants = {
-                "gelu_fwd": dict(HAS_BIAS=True, EPILOGUE=mlp.EPI_GELU, STORE_AUX=True,
+                "gelu_fwd": dict(HAS_BIAS=True, EPILOGUE=matmul.EPI_GELU, STORE_AUX=True,
                                  ROW_SUM=False, ACCUMULATE=False, sak=1, sbk=1, scn=1),
-                "gelu_bwd": dict(HAS_BIAS=False, EPILOGUE=mlp.EPI_GELU_BWD, STORE_AUX=False,
+                "gelu_bwd": dict(HAS_BIAS=False, EPILOGUE=matmul.EPI_GELU_BWD, STORE_AUX=False,
                                  ROW_SUM=False, ACCUMULATE=False, sak=1, sbn=1, scn=1),
-                "dw_db": dict(HAS_BIAS=False, EPILOGUE=mlp.EPI_BIAS, STORE_AUX=False,
+                "dw_db": dict(HAS_BIAS=False, EPILOGUE=matmul.EPI_BIAS, STORE_AUX=False,
                               ROW_SUM=True, ACCUMULATE=False, sam=1, sbn=1, scn=1),
             }
             for name, flags in variants.items():
-                for cfg in mlp.matmul_configs(dev, flags["EPILOGUE"]):
-                    add("mlp", mlp, "_matmul_kernel", f"{name},{cfg.label()}", cc, dt, mm,
+                for cfg in matmul.matmul_configs(dev, flags["EPILOGUE"]):
+                    add("matmul", matmul, "_matmul_kernel", f"{name},{cfg.label()}", cc, dt, mm,
                         dict(flags, IEEE=False), cfg, mma=True)
-            cfg = cross_entropy.ce_config(dev)
-            add("cross_entropy", cross_entropy, "_cross_entropy_kernel", cfg.label(), cc, dt,
+            cfg = lm_head_loss.ce_config(dev)
+            add("lm_head_loss", lm_head_loss, "_cross_entropy_kernel", cfg.label(), cc, dt,
                 dict(Logits=p, Targets="*i64", Loss="*fp32", NValid="*i64"),
                 dict(COMPUTE_GRAD=True), cfg)
     return out
@@ -162,10 +165,10 @@ def compile_spec(spec: Spec) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from . import attention, cross_entropy, layernorm, mlp  # noqa: F401
+    from llm.kernels import attention, layernorm, lm_head_loss, matmul
 
-    module = {"layernorm": layernorm, "attention": attention, "mlp": mlp,
-              "cross_entropy": cross_entropy}[spec.family]
+    module = {"layernorm": layernorm, "attention": attention, "matmul": matmul,
+              "lm_head_loss": lm_head_loss}[spec.family]
     row = dict(family=spec.family, kernel=spec.kernel, config=spec.label, cc=spec.cc,
                dtype=spec.dtype, needs_mma=spec.needs_mma)
     try:
