@@ -5,8 +5,7 @@
   bandwidth   copy_bandwidth_gbs (GPU device-to-device), read_bandwidth_gbs (CPU reads)
   providers   providers (torch | triton | native, those that load here), require_cuda
   weights     llm_from_hf (transformers' GPT2LMHeadModel -> llm.GPT, same weights)
-  checks      run_and_grads, max_error, within_2x, check_against_reference (kernel vs fp32
-              reference vs the same torch op in low precision, STYLE.md rule 8)
+  (correctness checks before timing: llm.testing, the rule the tests use)
   records     environment (for appended JSONL/CSV records), machine (for per-run JSON
               files), git_commit, set_threads
   output      save_json (a new file per run), append_jsonl, print_rows, markdown_table
@@ -145,54 +144,6 @@ def llm_from_hf(hf, backend: str = "torch"):
     # strict=False: lm_head is tied to wte and loaded through it
     model.load_state_dict(hf_to_state_dict(hf.state_dict(), model, "transformers"), strict=False)
     return model
-
-
-# -- correctness against the reference ---------------------------------------------------------
-
-
-def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item()
-
-
-def within_2x(err: float, err_same_precision: float, scale: float = 1.0, slack: float = 1e-5) -> bool:
-    """STYLE.md rule 8: a low-precision kernel may be at most ~2x as far from the reference
-    as the same torch op in that precision (plus `slack` relative to the output's scale)."""
-    return err <= 2 * err_same_precision + slack * scale
-
-
-def run_and_grads(fn, inputs, grad_out_seed: int = 1):
-    """fn(*inputs) and the gradients of <fn, g> w.r.t. every input that requires grad; g is
-    seeded random, or 1 for a scalar output (as loss.backward() does)."""
-    out = fn(*inputs)
-    gen = torch.Generator(device="cpu").manual_seed(grad_out_seed)
-    g = torch.randn(out.shape, generator=gen).to(device=out.device, dtype=out.dtype)
-    if out.dim() == 0:
-        g = torch.ones_like(out)
-    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    return out, torch.autograd.grad(out, leaves, g)
-
-
-def check_against_reference(name, kernel_fn, ref_fn, inputs, report: list,
-                            dtype=torch.bfloat16, ref_dtype=torch.float32) -> bool:
-    """Kernel in `dtype` vs the reference in `ref_dtype` vs the reference in `dtype`: the
-    output and every gradient, each judged by within_2x; one report row per part."""
-    def leaves(dt):
-        return [t.detach().to(dt).requires_grad_(t.requires_grad)
-                if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs]
-
-    k_out, k_grads = run_and_grads(kernel_fn, leaves(dtype))
-    r_out, r_grads = run_and_grads(ref_fn, leaves(ref_dtype))
-    t_out, t_grads = run_and_grads(ref_fn, leaves(dtype))
-    ok = True
-    parts = [("out", k_out, r_out, t_out)] + [
-        (f"grad{i}", *x) for i, x in enumerate(zip(k_grads, r_grads, t_grads))]
-    for part, k, r, t in parts:
-        ek, et = max_error(k, r), max_error(t, r)
-        good = within_2x(ek, et, scale=max(1.0, r.abs().max().item()))
-        ok &= good
-        report.append(dict(op=name, part=part, err_triton=ek, err_torch_bf16=et,
-                           status="ok" if good else "FAIL"))
-    return ok
 
 
 # -- records -----------------------------------------------------------------------------------
