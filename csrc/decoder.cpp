@@ -6,9 +6,11 @@
 // are all done (see Phase), so a token costs one Python call and no thread start-up per op.
 // Fusions: bias (+ GELU) and the residual add in the linear epilogue; layernorm writes the
 // bf16 copy the next bf16 layer reads. Semantics match the model's modules over a KVCache per
-// layer (llm.model.ModuleDecoder): token t of row b sits at cache slot pos[t] with learned
-// position position_ids[b, t] and sees the slots <= pos[t] that key_valid[b] marks (and its
-// own). select_rows keeps some batch rows of the cache (finished rows dropped, or reordered).
+// layer (llm.model.ModuleDecoder): token t of row b sits at cache slot pos[t] (or pos[b, t],
+// rows at different depths) with learned position position_ids[b, t] and sees the slots
+// <= that slot that key_valid[b] marks (and its own). A call may name the cache rows it runs
+// on (`rows`: the slots of a continuous batch); select_rows keeps some batch rows of the
+// cache (finished rows dropped, or reordered).
 #include <ATen/ops/empty.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
@@ -175,51 +177,25 @@ class Decoder : public torch::CustomClassHolder {
   }
 
   at::Tensor prefill(const at::Tensor& tokens, const at::Tensor& pos, const at::Tensor& position_ids,
-                     const std::optional<at::Tensor>& key_valid) {
-    return step(tokens, pos, position_ids, key_valid);
+                     const std::optional<at::Tensor>& key_valid, const std::optional<at::Tensor>& rows) {
+    return step(tokens, pos, position_ids, key_valid, rows);
   }
 
-  // tokens [B, T] int64, pos [T] cache slots, position_ids [B, T], key_valid [B, S] bool or
-  // None -> logits [B, vocab] fp32 of each row's last token.
+  // tokens [b, T] int64; pos [T] cache slots of every row, or [b, T] per row; position_ids
+  // [b, T]; key_valid [b, S] bool or None; rows [b] int64: the cache rows the b input rows
+  // go to (distinct; None: all B rows in order, b = B) -> logits [b, vocab] fp32 of each
+  // row's last token. Cache rows not named are neither read nor written.
   at::Tensor step(const at::Tensor& tokens, const at::Tensor& pos, const at::Tensor& position_ids,
-                  const std::optional<at::Tensor>& key_valid) {
-    const char* op = "Decoder";
+                  const std::optional<at::Tensor>& key_valid, const std::optional<at::Tensor>& rows) {
     const GPTWeights& W = *w_;
-    check_cpu_tensor(tokens, op, "tokens");
-    LLM_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.size(0) == B_ && tokens.size(1) >= 1,
-              "llm.Decoder: tokens must be int64 [", B_, ", T >= 1], got ", tokens.scalar_type(), " ",
-              shape_str(tokens));
-    const int64_t T = tokens.size(1), M = B_ * T, C = W.C_, H = W.H_, nh = W.n_head_, hs = C / nh;
-    check_cpu_tensor(pos, op, "input_pos");
-    LLM_CHECK(pos.scalar_type() == at::kLong && pos.dim() == 1 && pos.size(0) == T,
-              "llm.Decoder: input_pos must be int64 [", T, "], got ", pos.scalar_type(), " ", shape_str(pos));
-    check_cpu_tensor(position_ids, op, "position_ids");
-    LLM_CHECK(position_ids.scalar_type() == at::kLong && position_ids.dim() == 2 && position_ids.size(0) == B_ &&
-                  position_ids.size(1) == T,
-              "llm.Decoder: position_ids must be int64 [", B_, ", ", T, "], got ", position_ids.scalar_type(), " ",
-              shape_str(position_ids));
-    at::Tensor tok = tokens.contiguous(), pc = pos.contiguous(), pid = position_ids.contiguous(), valid;
-    const int64_t* tk = tok.const_data_ptr<int64_t>();
-    const int64_t* pp = pc.const_data_ptr<int64_t>();
-    const int64_t* pi = pid.const_data_ptr<int64_t>();
-    for (int64_t t = 0; t < T; ++t)
-      LLM_CHECK(pp[t] >= 0 && pp[t] < S_, "llm.Decoder: input_pos[", t, "] = ", pp[t], " is outside the cache [0, ",
-                S_, ")");
-    for (int64_t r = 0; r < M; ++r) {
-      LLM_CHECK(tk[r] >= 0 && tk[r] < W.vocab_, "llm.Decoder: token id ", tk[r], " is outside the vocabulary [0, ",
-                W.vocab_, ")");
-      LLM_CHECK(pi[r] >= 0 && pi[r] < W.n_positions_, "llm.Decoder: position id ", pi[r], " is outside [0, ",
-                W.n_positions_, ")");
-    }
-    if (key_valid.has_value()) {
-      check_cpu_tensor(*key_valid, op, "key_valid");
-      LLM_CHECK(key_valid->scalar_type() == at::kBool && key_valid->dim() == 2 && key_valid->size(0) == B_ &&
-                    key_valid->size(1) >= S_,
-                "llm.Decoder: key_valid must be bool [", B_, ", >= ", S_, "], got ", key_valid->scalar_type(), " ",
-                shape_str(*key_valid));
-      valid = key_valid->narrow(1, 0, S_).contiguous();
-    }
-    const bool* vld = valid.defined() ? valid.const_data_ptr<bool>() : nullptr;
+    const StepArgs a = check_args(tokens, pos, position_ids, key_valid, rows);
+    const int64_t nb = a.rows.size(), T = a.T, M = nb * T, C = W.C_, H = W.H_, nh = W.n_head_, hs = C / nh;
+    const int64_t* tk = a.tokens.const_data_ptr<int64_t>();
+    const int64_t* pp = a.pos.const_data_ptr<int64_t>();
+    const int64_t* pi = a.position_ids.const_data_ptr<int64_t>();
+    const int64_t pos_stride = a.pos.dim() == 2 ? T : 0;  // row b's slots: pp + b * pos_stride
+    const int64_t* cache_row = a.rows.data();
+    const bool* vld = a.valid.defined() ? a.valid.const_data_ptr<bool>() : nullptr;
     const bool bf16 = W.head_.view.format == WFormat::bf16;
     const int64_t kpC = (C + 1) / 2 * 2, kpH = (H + 1) / 2 * 2;
 
@@ -233,7 +209,7 @@ class Decoder : public torch::CustomClassHolder {
     for (int64_t r = 0; r < M; ++r)
       for (int64_t c = 0; c < C; ++c) x[r * C + c] = wte[tk[r] * C + c] + wpe[pi[r] * C + c];
 
-    at::Tensor logits = at::empty({B_, W.vocab_}, W.wte_.options().dtype(at::kFloat));
+    at::Tensor logits = at::empty({nb, W.vocab_}, W.wte_.options().dtype(at::kFloat));
     float* lg = logits.data_ptr<float>();
     float* qkv = qkv_.data();
     float* att = att_.data();
@@ -281,20 +257,21 @@ class Decoder : public torch::CustomClassHolder {
         // Append this step's keys and values, then attend: one (row, head) per task.
         float* kc = kc_all + l * layer_cache;
         float* vc = vc_all + l * layer_cache;
-        run_phase(*ph++, B_ * nh, 1, [&](int64_t a, int64_t z) {
-          for (int64_t bh = a; bh < z; ++bh) {
+        run_phase(*ph++, nb * nh, 1, [&](int64_t first, int64_t end) {
+          for (int64_t bh = first; bh < end; ++bh) {
             const int64_t b = bh / nh, h = bh % nh;
-            float* kh = kc + bh * S_ * hs;
-            float* vh = vc + bh * S_ * hs;
+            const int64_t* slot = pp + b * pos_stride;
+            float* kh = kc + (cache_row[b] * nh + h) * S_ * hs;
+            float* vh = vc + (cache_row[b] * nh + h) * S_ * hs;
             for (int64_t t = 0; t < T; ++t) {
               const float* row = qkv + (b * T + t) * 3 * C;
-              std::memcpy(kh + pp[t] * hs, row + C + h * hs, hs * sizeof(float));
-              std::memcpy(vh + pp[t] * hs, row + 2 * C + h * hs, hs * sizeof(float));
+              std::memcpy(kh + slot[t] * hs, row + C + h * hs, hs * sizeof(float));
+              std::memcpy(vh + slot[t] * hs, row + 2 * C + h * hs, hs * sizeof(float));
             }
             for (int64_t t = 0; t < T; ++t) {
               const int64_t r = b * T + t;
               float* o = att + r * C + h * hs;
-              attend_query(qkv + r * 3 * C + h * hs, kh, vh, hs, hs, pp[t], vld ? vld + b * S_ : nullptr, scale,
+              attend_query(qkv + r * 3 * C + h * hs, kh, vh, hs, hs, slot[t], vld ? vld + b * S_ : nullptr, scale,
                            scores, o);
               if (attb)
                 for (int64_t d = 0; d < hs; ++d) attb[r * kpC + h * hs + d] = float_to_bf16(o[d]);
@@ -326,11 +303,11 @@ class Decoder : public torch::CustomClassHolder {
         linear(y.mproj, fc, fcb, M, H, e_mp);
       }
       // Final layernorm of each row's last token, then the tied lm_head.
-      norm_rows(W.lnf_w_, W.lnf_b_, B_, T);
+      norm_rows(W.lnf_w_, W.lnf_b_, nb, T);
       Epilogue e_head;
       e_head.out = lg;
       e_head.ld_out = W.vocab_;
-      linear(W.head_, ln, lnb, B_, C, e_head);
+      linear(W.head_, ln, lnb, nb, C, e_head);
     }
     return logits;
   }
@@ -360,6 +337,84 @@ class Decoder : public torch::CustomClassHolder {
   at::Tensor v_cache() const { return v_cache_; }
 
  private:
+  struct StepArgs {
+    at::Tensor tokens, pos, position_ids, valid;  // contiguous; valid narrowed to [b, S] or undefined
+    std::vector<int64_t> rows;                   // the cache row of each input row
+    int64_t T;
+  };
+
+  StepArgs check_args(const at::Tensor& tokens, const at::Tensor& pos, const at::Tensor& position_ids,
+                      const std::optional<at::Tensor>& key_valid, const std::optional<at::Tensor>& rows) const {
+    const char* op = "Decoder";
+    StepArgs a;
+    a.rows = check_rows(rows);
+    const int64_t nb = a.rows.size();
+    check_cpu_tensor(tokens, op, "tokens");
+    LLM_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.size(0) == nb && tokens.size(1) >= 1,
+              "llm.Decoder: tokens must be int64 [", nb, ", T >= 1], got ", tokens.scalar_type(), " ",
+              shape_str(tokens));
+    const int64_t T = a.T = tokens.size(1);
+    check_cpu_tensor(pos, op, "input_pos");
+    LLM_CHECK(pos.scalar_type() == at::kLong &&
+                  ((pos.dim() == 1 && pos.size(0) == T) || (pos.dim() == 2 && pos.size(0) == nb && pos.size(1) == T)),
+              "llm.Decoder: input_pos must be int64 [", T, "] or [", nb, ", ", T, "], got ", pos.scalar_type(), " ",
+              shape_str(pos));
+    check_cpu_tensor(position_ids, op, "position_ids");
+    LLM_CHECK(position_ids.scalar_type() == at::kLong && position_ids.dim() == 2 && position_ids.size(0) == nb &&
+                  position_ids.size(1) == T,
+              "llm.Decoder: position_ids must be int64 [", nb, ", ", T, "], got ", position_ids.scalar_type(), " ",
+              shape_str(position_ids));
+    a.tokens = tokens.contiguous();
+    a.pos = pos.contiguous();
+    a.position_ids = position_ids.contiguous();
+    const int64_t* pp = a.pos.const_data_ptr<int64_t>();
+    for (int64_t i = 0; i < a.pos.numel(); ++i)
+      LLM_CHECK(pp[i] >= 0 && pp[i] < S_, "llm.Decoder: input_pos[", i, "] = ", pp[i], " is outside the cache [0, ",
+                S_, ")");
+    const int64_t* tk = a.tokens.const_data_ptr<int64_t>();
+    const int64_t* pi = a.position_ids.const_data_ptr<int64_t>();
+    for (int64_t r = 0; r < nb * T; ++r) {
+      LLM_CHECK(tk[r] >= 0 && tk[r] < w_->vocab_, "llm.Decoder: token id ", tk[r], " is outside the vocabulary [0, ",
+                w_->vocab_, ")");
+      LLM_CHECK(pi[r] >= 0 && pi[r] < w_->n_positions_, "llm.Decoder: position id ", pi[r], " is outside [0, ",
+                w_->n_positions_, ")");
+    }
+    if (key_valid.has_value()) {
+      check_cpu_tensor(*key_valid, op, "key_valid");
+      LLM_CHECK(key_valid->scalar_type() == at::kBool && key_valid->dim() == 2 && key_valid->size(0) == nb &&
+                    key_valid->size(1) >= S_,
+                "llm.Decoder: key_valid must be bool [", nb, ", >= ", S_, "], got ", key_valid->scalar_type(), " ",
+                shape_str(*key_valid));
+      a.valid = key_valid->narrow(1, 0, S_).contiguous();
+    }
+    return a;
+  }
+
+  // The cache row of each input row: rows' values (distinct, in [0, B)), or 0..B-1.
+  std::vector<int64_t> check_rows(const std::optional<at::Tensor>& rows) const {
+    std::vector<int64_t> out;
+    if (!rows.has_value()) {
+      for (int64_t b = 0; b < B_; ++b) out.push_back(b);
+      return out;
+    }
+    const char* op = "Decoder";
+    check_cpu_tensor(*rows, op, "rows");
+    LLM_CHECK(rows->scalar_type() == at::kLong && rows->dim() == 1 && rows->size(0) >= 1 && rows->size(0) <= B_,
+              "llm.Decoder: rows must be int64 [1 <= b <= ", B_, "], got ", rows->scalar_type(), " ",
+              shape_str(*rows));
+    at::Tensor r = rows->contiguous();
+    const int64_t* rp = r.const_data_ptr<int64_t>();
+    std::vector<bool> seen(B_, false);
+    for (int64_t i = 0; i < r.size(0); ++i) {
+      LLM_CHECK(rp[i] >= 0 && rp[i] < B_, "llm.Decoder: rows[", i, "] = ", rp[i], " is outside the cache rows [0, ",
+                B_, ")");
+      LLM_CHECK(!seen[rp[i]], "llm.Decoder: rows names cache row ", rp[i], " twice");
+      seen[rp[i]] = true;
+      out.push_back(rp[i]);
+    }
+    return out;
+  }
+
   void resize(int64_t M, int64_t C, int64_t H, int64_t kpC, int64_t kpH, bool bf16, int nthreads) {
     if (rows_ == M && threads_ == nthreads) return;
     rows_ = M;
@@ -387,6 +442,9 @@ class Decoder : public torch::CustomClassHolder {
 }  // namespace llm
 
 TORCH_LIBRARY_FRAGMENT(llm, m) {
+  // key_valid and rows may be left out (None)
+  const auto kStepArgs = {torch::arg("tokens"), torch::arg("input_pos"), torch::arg("position_ids"),
+                          torch::arg("key_valid") = c10::IValue(), torch::arg("rows") = c10::IValue()};
   m.class_<llm::GPTWeights>("GPTWeights")
       .def(torch::init<int64_t, double, at::Tensor, at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor,
                        std::string>())
@@ -394,8 +452,8 @@ TORCH_LIBRARY_FRAGMENT(llm, m) {
       .def("format", &llm::GPTWeights::format);
   m.class_<llm::Decoder>("Decoder")
       .def(torch::init<c10::intrusive_ptr<llm::GPTWeights>, int64_t, int64_t>())
-      .def("prefill", &llm::Decoder::prefill)
-      .def("decode_one_token", &llm::Decoder::step)
+      .def("prefill", &llm::Decoder::prefill, "", kStepArgs)
+      .def("decode_one_token", &llm::Decoder::step, "", kStepArgs)
       .def("select_rows", &llm::Decoder::select_rows)
       .def("batch_size", &llm::Decoder::batch_size)
       .def("k_cache", &llm::Decoder::k_cache)

@@ -48,10 +48,22 @@ class KVCache:
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
 
+    @classmethod
+    def of(cls, k_cache, v_cache) -> "KVCache":
+        """A KVCache on given buffers (views write through to what they view)."""
+        cache = cls.__new__(cls)
+        cache.k_cache, cache.v_cache = k_cache, v_cache
+        return cache
+
     def update(self, input_pos, k, v):
-        # input_pos: (T,) cache slots; k, v: (B, nh, T, hs)
-        self.k_cache.index_copy_(2, input_pos, k)
-        self.v_cache.index_copy_(2, input_pos, v)
+        # input_pos: (T,) cache slots of every row, or (B, T) per row; k, v: (B, nh, T, hs)
+        if input_pos.dim() == 1:
+            self.k_cache.index_copy_(2, input_pos, k)
+            self.v_cache.index_copy_(2, input_pos, v)
+        else:
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
+            self.k_cache[rows, :, input_pos] = k.transpose(1, 2)  # (B, T, nh, hs)
+            self.v_cache[rows, :, input_pos] = v.transpose(1, 2)
         return self.k_cache, self.v_cache
 
     def select_rows(self, index):
@@ -72,7 +84,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, key_valid=None, kv_cache: KVCache | None = None, input_pos=None, prefill=False):
         """x [B, T, C]. Without a cache, causal attention among the T tokens (key_valid
-        [B, T]); with one, the tokens go to cache slots input_pos [T] (key_valid [B, S])."""
+        [B, T]); with one, the tokens go to cache slots input_pos [T] (or [B, T], per row;
+        key_valid [B, S])."""
         B, T, C = x.shape
         qkv = self.ops.linear(x, self.c_attn.weight, self.c_attn.bias)  # (B, T, 3C)
         q, k, v = qkv.split(C, dim=2)
@@ -238,7 +251,8 @@ class GPT(nn.Module):
 
         position_ids [B or 1, T]; key_valid [B, T] (with caches [B, S]) marks real tokens /
         valid cache slots, None: all. caches: one KVCache per layer, written at cache slots
-        input_pos [T]; with prefill=True the tokens fill slots 0..T-1 of an empty cache.
+        input_pos [T] (or [B, T], per row); with prefill=True the tokens fill slots 0..T-1 of
+        an empty cache.
         """
         x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)  # (B, T, C)
         x = self.transformer.drop(x)
@@ -352,7 +366,10 @@ def _as_dtype(dtype) -> torch.dtype:
 
 class ModuleDecoder:
     """The `Decoder` every backend has: the model's modules (so its op table) over a torch
-    KV cache per layer, owned here."""
+    KV cache per layer, owned here.
+
+    Calls that name `rows` run on those cache rows only: a consecutive range in place
+    (views), any other set gathered into a copy and written back after the call."""
 
     supports_cuda_graph = True
 
@@ -362,17 +379,34 @@ class ModuleDecoder:
         self.caches = [KVCache(batch_size, c.n_head, max_seq_len, c.head_dim, p.dtype, p.device)
                        for _ in range(c.n_layer)]
 
-    def _logits(self, input_ids, input_pos, position_ids, key_valid, prefill):
-        h = self.model.hidden_states(input_ids, position_ids, key_valid, self.caches, input_pos, prefill)
+    def _logits(self, input_ids, input_pos, position_ids, key_valid, prefill, rows):
+        caches, index = self._row_caches(rows)
+        h = self.model.hidden_states(input_ids, position_ids, key_valid, caches, input_pos, prefill)
+        if index is not None:  # gathered rows: write them back
+            for cache, part in zip(self.caches, caches):
+                cache.k_cache.index_copy_(0, index, part.k_cache)
+                cache.v_cache.index_copy_(0, index, part.v_cache)
         return self.model.head(h[:, -1])
 
-    def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
-        # Attending only among the prompt is exact when it starts at slot 0 (cache empty).
-        from_start = input_ids.shape[1] > 1 and int(input_pos[0]) == 0
-        return self._logits(input_ids, input_pos, position_ids, key_valid, from_start)
+    def _row_caches(self, rows):
+        """(per-layer caches of cache rows `rows`, the index to write them back at or None)."""
+        if rows is None:
+            return self.caches, None
+        ids = rows.tolist()
+        lo, n = ids[0], len(ids)
+        if ids == list(range(lo, lo + n)):
+            return [KVCache.of(c.k_cache[lo:lo + n], c.v_cache[lo:lo + n]) for c in self.caches], None
+        index = torch.as_tensor(ids, device=self.caches[0].k_cache.device)
+        return [KVCache.of(c.k_cache[index], c.v_cache[index]) for c in self.caches], index
 
-    def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
-        return self._logits(token, input_pos, position_ids, key_valid, False)
+    def prefill(self, input_ids, input_pos, position_ids, key_valid=None, rows=None):
+        # Attending only among the prompt is exact when it starts at slot 0 (the rows' earlier
+        # contents are not theirs).
+        from_start = input_ids.shape[1] > 1 and input_pos.dim() == 1 and int(input_pos[0]) == 0
+        return self._logits(input_ids, input_pos, position_ids, key_valid, from_start, rows)
+
+    def decode_one_token(self, token, input_pos, position_ids, key_valid=None, rows=None):
+        return self._logits(token, input_pos, position_ids, key_valid, False, rows)
 
     def select_rows(self, index):
         for cache in self.caches:

@@ -17,7 +17,7 @@ import torch
 from ..tokenizer import get_tokenizer
 from .config import GenerationConfig
 from .engine import Batch, Engine
-from .text import RowText
+from .text import RowsText
 
 
 @dataclass
@@ -151,55 +151,8 @@ def start(model, input_ids, max_new_tokens=None, *, attention_mask=None, generat
 # -- text ----------------------------------------------------------------------------------
 
 
-class RowsText:
-    """The text of every row of a call, decoded as tokens arrive: stop strings found (and
-    reported to the engine), and each row's finish reason and new-token count recorded."""
-
-    def __init__(self, engine: Engine, tokenizer):
-        B = engine.batch.out.shape[0]
-        self.engine = engine
-        self.texts = [RowText(tokenizer, engine.cfg.stop_string_list()) for _ in range(B)]
-        self.eos = set(engine.cfg.eos_token_ids())
-        self.limits = engine.batch.max_new.tolist()
-        self.done = [n == 0 for n in self.limits]
-        self.reasons = ["length"] * B
-        self.lengths = list(self.limits)  # new tokens per row, through the EOS / stop-string token
-
-    def push(self, column: list[int], step: int) -> tuple[list[int | None], list[str]]:
-        """The tokens made at new-token index `step`: per row the token (None if the row
-        was done) and the text it releases."""
-        tokens, deltas = [None] * len(column), [""] * len(column)
-        for i, tok in enumerate(column):
-            if self.done[i]:
-                continue
-            tokens[i] = tok
-            if tok in self.eos:
-                self._finish(i, "eos", step + 1)
-                deltas[i] = self.texts[i].finish()
-                continue
-            deltas[i] = self.texts[i].push(tok)
-            if self.texts[i].stopped:
-                self._finish(i, "stop_string", step + 1)
-                self.engine.finish_rows([i])
-            elif step + 1 >= self.limits[i]:
-                self.done[i] = True
-                deltas[i] += self.texts[i].finish()
-        return tokens, deltas
-
-    def _finish(self, i: int, reason: str, length: int) -> None:
-        self.done[i], self.reasons[i], self.lengths[i] = True, reason, length
-
-    def push_all(self, new: torch.Tensor) -> None:
-        """Decode every row's new tokens [B, max new] at once (no stop strings to watch)."""
-        for i, row in enumerate(new.tolist()):
-            for j, tok in enumerate(row[:self.limits[i]]):
-                if tok in self.eos:
-                    self.reasons[i], self.lengths[i] = "eos", j + 1
-                    break
-                self.texts[i].push(tok)
-
-    def flush(self) -> list[str]:
-        return [t.finish() for t in self.texts]
+def _rows_text(engine: Engine, tokenizer) -> RowsText:
+    return RowsText(engine.cfg, engine.batch.max_new.tolist(), tokenizer or get_tokenizer(), engine.finish_rows)
 
 
 def _text_steps(engine: Engine, rows: RowsText, per_step: bool):
@@ -245,7 +198,7 @@ def generate(model, input_ids, max_new_tokens=None, *, return_dict=False, **kwar
         for _ in engine.steps():
             pass
         return engine.batch.out
-    rows = RowsText(engine, kwargs.get("tokenizer") or get_tokenizer())
+    rows = _rows_text(engine, kwargs.get("tokenizer"))
     for _ in _text_steps(engine, rows, per_step=False):
         pass
     if not return_dict:
@@ -260,7 +213,7 @@ def stream(model, input_ids, max_new_tokens=None, **kwargs) -> Iterator[Generati
     arguments. Per row, the concatenated texts equal `generate(..., return_dict=True).texts`.
     Arguments are checked before the iterator is returned."""
     engine = start(model, input_ids, max_new_tokens, **kwargs)
-    rows = RowsText(engine, kwargs.get("tokenizer") or get_tokenizer())
+    rows = _rows_text(engine, kwargs.get("tokenizer"))
     return _chunks(_text_steps(engine, rows, per_step=True))
 
 

@@ -16,7 +16,8 @@ piled up.
 Host syncs: sampling, penalties and EOS bookkeeping stay on the device; the loop reads the
 finished flags every `check_every` steps (default 1 on CPU, 16 on CUDA) to stop early and to
 drop rows. `use_cache=False` recomputes the whole sequence every step through the same
-code and gives the same tokens, also when sampling with a seeded generator.
+code and gives the same tokens in float32, also when sampling with a seeded generator (in
+bfloat16 the two paths round differently; see `generate`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 from .config import GenerationConfig
 from .cuda_graph import StaticStep
-from .sampling import Penalties, exponential_noise, sample_next, suppress_tokens
+from .sampling import Penalties, next_tokens
 
 CUDA_CHECK_EVERY = 16  # decode steps between looks at the finished flags on CUDA
 
@@ -158,19 +159,9 @@ class Engine:
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graph else None
 
     def _next_tokens(self, logits, step: int):
-        """Penalties, EOS suppression (min_new_tokens), temperature and filters, then a draw."""
-        cfg, b = self.cfg, self.batch
-        rows = None if b.whole else b.rows
-        logits = self.penalties.apply(logits.float(), rows)
-        if step < cfg.min_new_tokens and b.eos.numel():
-            logits = suppress_tokens(logits, b.eos)
-        noise = None
-        if cfg.temperature > 0:
-            # noise for every row of the original batch, so that what a row draws does not
-            # depend on which other rows are still being computed
-            noise = exponential_noise(b.out.shape[:1] + logits.shape[1:], self.device, self.generator)
-            noise = noise if rows is None else noise[rows]
-        return sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, noise=noise)
+        b = self.batch
+        return next_tokens(logits, self.cfg, self.penalties, step, b.eos, b.out.shape[0],
+                           None if b.whole else b.rows, self.generator)
 
     def _look(self, token, t: int):
         """Apply stop requests; every `check_every` steps read the finished flags (the host

@@ -78,6 +78,26 @@ def sample_next(logits, temperature=0.0, top_k=None, top_p=None, min_p=None, gen
     return draw(torch.softmax(logits, dim=-1), generator, noise)
 
 
+def next_tokens(logits, cfg, penalties: "Penalties", step: int, eos: torch.Tensor, n_rows: int,
+                rows: torch.Tensor | None = None, generator=None):
+    """The next token [b] of each row of one call (or request) from its last-position
+    logits [b, V]: penalties, EOS suppressed before `cfg.min_new_tokens` (step: new tokens
+    so far), then `sample_next` with cfg's temperature and filters.
+
+    rows [b]: which of the call's `n_rows` rows these are (None: all, in order). The noise of
+    a draw is made for all `n_rows` rows from `generator` and each row takes its own, so
+    what a row draws does not depend on which other rows are still being computed.
+    """
+    logits = penalties.apply(logits.float(), rows)
+    if step < cfg.min_new_tokens and eos.numel():
+        logits = suppress_tokens(logits, eos)
+    noise = None
+    if cfg.temperature > 0:
+        noise = exponential_noise((n_rows, logits.shape[1]), logits.device, generator)
+        noise = noise if rows is None else noise[rows]
+    return sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, noise=noise)
+
+
 class Penalties:
     """Per-row state of the repetition and presence/frequency penalties, kept on the device
     for every row of the original batch (so a row's penalties do not depend on which other

@@ -5,7 +5,8 @@ bytes go through an incremental UTF-8 decoder that holds an incomplete character
 until it is whole (invalid bytes become U+FFFD, exactly as decoding all bytes at once).
 `RowText` adds stop strings: it looks for them in the decoded text, so a stop string
 that spans token boundaries is found, and it holds back a tail that could still grow
-into one, so what it has released never has to be taken back.
+into one, so what it has released never has to be taken back. `RowsText` keeps the rows of
+a call (or of a served request) together: their texts, finish reasons and lengths.
 """
 
 from __future__ import annotations
@@ -77,3 +78,55 @@ class RowText:
                     best = k
                     break
         return best
+
+
+class RowsText:
+    """The text of every row of a call, decoded as tokens arrive: stop strings found (and
+    reported through `on_stop(rows)`), and each row's finish reason ("eos", "stop_string",
+    "length") and new-token count (through the EOS / stop-string token) recorded."""
+
+    def __init__(self, cfg, limits: list[int], tokenizer, on_stop=None):
+        self.texts = [RowText(tokenizer, cfg.stop_string_list()) for _ in limits]
+        self.eos = set(cfg.eos_token_ids())
+        self.limits = list(limits)
+        self.on_stop = on_stop
+        self.done = [n == 0 for n in self.limits]
+        self.reasons = ["length"] * len(limits)
+        self.lengths = list(self.limits)
+
+    def push(self, column: list, step: int) -> tuple[list[int | None], list[str]]:
+        """The tokens made at new-token index `step` (one per row; a done row's entry is
+        ignored): per row the token (None if the row was done) and the text it releases."""
+        tokens, deltas = [None] * len(column), [""] * len(column)
+        for i, tok in enumerate(column):
+            if self.done[i]:
+                continue
+            tokens[i] = tok
+            if tok in self.eos:
+                self._finish(i, "eos", step + 1)
+                deltas[i] = self.texts[i].finish()
+                continue
+            deltas[i] = self.texts[i].push(tok)
+            if self.texts[i].stopped:
+                self._finish(i, "stop_string", step + 1)
+                if self.on_stop is not None:
+                    self.on_stop([i])
+            elif step + 1 >= self.limits[i]:
+                self.done[i] = True
+                deltas[i] += self.texts[i].finish()
+        return tokens, deltas
+
+    def _finish(self, i: int, reason: str, length: int) -> None:
+        self.done[i], self.reasons[i], self.lengths[i] = True, reason, length
+
+    def push_all(self, new) -> None:
+        """Decode every row's new tokens [B, max new] at once (no stop strings to watch)."""
+        for i, row in enumerate(new.tolist()):
+            for j, tok in enumerate(row[:self.limits[i]]):
+                if tok in self.eos:
+                    self.reasons[i], self.lengths[i] = "eos", j + 1
+                    break
+                self.texts[i].push(tok)
+
+    def flush(self) -> list[str]:
+        return [t.finish() for t in self.texts]

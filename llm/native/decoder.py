@@ -23,11 +23,13 @@ class NativeDecoder:
         self.weights = pack_model(model, weight_format)
         self._decoder = torch.classes.llm.Decoder(self.weights, batch_size, max_seq_len)
 
-    def prefill(self, input_ids, input_pos, position_ids, key_valid=None):
-        return self._decoder.prefill(input_ids.long(), input_pos.long(), position_ids.long(), key_valid)
+    def prefill(self, input_ids, input_pos, position_ids, key_valid=None, rows=None):
+        return self._decoder.prefill(input_ids.long(), input_pos.long(), position_ids.long(), key_valid,
+                                     None if rows is None else rows.long())
 
-    def decode_one_token(self, token, input_pos, position_ids, key_valid=None):
-        return self._decoder.decode_one_token(token.long(), input_pos.long(), position_ids.long(), key_valid)
+    def decode_one_token(self, token, input_pos, position_ids, key_valid=None, rows=None):
+        return self._decoder.decode_one_token(token.long(), input_pos.long(), position_ids.long(), key_valid,
+                                              None if rows is None else rows.long())
 
     def select_rows(self, index):
         self._decoder.select_rows(index.long())

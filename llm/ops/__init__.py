@@ -15,6 +15,9 @@ Shapes (B batch, T tokens, C channels, nh heads, hs head size, S cache length):
   cached_attention(q[B, nh, Tq, hs], k_cache, v_cache[B, nh, S, hs], q_pos[Tq] long,
                    key_valid[B, S] bool | None) -> [B, nh, Tq, hs]
       query i sits at cache slot q_pos[i] and sees slots <= q_pos[i] that are valid.
+      q_pos may also be [B, Tq] (each row's queries at their own slots: rows at different
+      depths, as a continuous batch has them); kernels that take only [Tq] hand that case
+      to the reference.
   lm_head_loss(h[N, C], weight[V, C], targets[N] long, ignore_index) -> scalar
       mean cross-entropy of h @ weight.T over targets != ignore_index.
 
@@ -43,20 +46,27 @@ class Decoder(Protocol):
 
     Made by `GPT.make_decoder(batch_size, max_seq_len)`: the backend's own
     (`OpTable.make_decoder`) or the model's modules over a torch cache. Each call returns
-    float logits [B, vocab] of every row's last token. Positions: `input_pos` [T] are
-    cache slots, `position_ids` [B, T] the learned positions, `key_valid` [B, S] the slots
-    holding real tokens (None: all).
+    float logits [b, vocab] of every row's last token. Positions: `input_pos` are cache
+    slots, [T] for every row or [b, T] per row; `position_ids` [b, T] the learned positions;
+    `key_valid` [b, S] the slots holding real tokens (None: every slot up to the query's).
+
+    Rows: a call computes the B rows of the cache in order (`rows=None`: `generate`'s
+    batch), or only the cache rows `rows` [b] (distinct, any order), the i-th input row
+    going to cache row rows[i]; other rows are neither read nor written. That is the slot
+    API of a continuous batch (`llm.generation.slots`): each row a slot, filled by
+    `prefill` at its own slots and stepped by `decode_one_token` at its own depth.
     """
 
     supports_cuda_graph: bool  # decode_one_token may be captured in a CUDA graph
 
     def prefill(self, input_ids: torch.Tensor, input_pos: torch.Tensor, position_ids: torch.Tensor,
-                key_valid: torch.Tensor | None = None) -> torch.Tensor:
-        """The prompt [B, T] into slots input_pos (0..T-1 of an empty cache)."""
+                key_valid: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The tokens [b, T] into slots input_pos (0..T-1 of an empty cache, or after
+        tokens already held: a prompt in chunks, or after a reused prefix)."""
 
     def decode_one_token(self, token: torch.Tensor, input_pos: torch.Tensor, position_ids: torch.Tensor,
-                         key_valid: torch.Tensor | None = None) -> torch.Tensor:
-        """One token [B, 1] at slot input_pos [1]."""
+                         key_valid: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One token [b, 1] per row at slot input_pos ([1], or [b, 1] per row)."""
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the batch rows `index` [b] (in that order); later calls have b rows."""

@@ -109,7 +109,7 @@ def mlp(x, fc_w, fc_b, proj_w, proj_b):
 
 
 def cached_attention(q, k_cache, v_cache, q_pos, key_valid=None):
-    if _covered(q, k_cache, v_cache):
+    if q_pos.dim() == 1 and _covered(q, k_cache, v_cache):  # the kernel takes shared slots
         kv = None if key_valid is None else key_valid.to(torch.bool)
         return torch.ops.llm.cached_attention(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(),
                                               q_pos.long(), kv)

@@ -30,17 +30,18 @@ def mlp(x, fc_w, fc_b, proj_w, proj_b):
 
 def causal_mask(q_pos, S, key_valid=None):
     """Boolean mask [B or 1, 1, Tq, S]: True where query i may attend to cache slot j.
+    q_pos [Tq]: the slots of the queries, the same in every row; or [B, Tq], per row.
 
     A query always sees its own slot, so a padding query (which sees no valid key) gets a
     finite output instead of NaN; real queries are unaffected.
     """
     slots = torch.arange(S, device=q_pos.device)
-    mask = slots[None, :] <= q_pos[:, None]  # (Tq, S)
-    if key_valid is not None:
-        own = slots[None, :] == q_pos[:, None]
-        mask = (mask[None] & key_valid[:, None, :]) | own[None]  # (B, Tq, S)
-    else:
+    mask = slots <= q_pos[..., None]  # (Tq, S) or (B, Tq, S)
+    if q_pos.dim() == 1:
         mask = mask[None]  # (1, Tq, S)
+    if key_valid is not None:
+        own = slots == q_pos[..., None]
+        mask = (mask & key_valid[:, None, :]) | own  # (B, Tq, S)
     return mask[:, None]  # (B or 1, 1, Tq, S)
 
 

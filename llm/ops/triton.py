@@ -8,7 +8,8 @@
                                               dropout_p > 0 runs the torch reference
   cached_attention  kernels/attention.py      split-KV decode kernel for one query per
                                               row; the flash kernel (explicit query slots)
-                                              for prompts (Tq > 1); inference only
+                                              for prompts (Tq > 1); inference only; per-row
+                                              query slots [B, Tq] run the torch reference
   lm_head_loss      kernels/lm_head_loss.py   chunked lm_head + cross-entropy
 
 The kernels run on CUDA tensors, or on CPU tensors through Triton's interpreter when
@@ -33,6 +34,15 @@ def _attention(kernel):
     return attention
 
 
+def _cached_attention(kernel):
+    def cached_attention(q, k_cache, v_cache, q_pos, key_valid=None):
+        if q_pos.dim() == 2:  # per-row query slots (a continuous batch): the kernels take [Tq]
+            return reference.cached_attention(q, k_cache, v_cache, q_pos, key_valid)
+        return kernel(q, k_cache, v_cache, q_pos, key_valid)
+
+    return cached_attention
+
+
 def load() -> OpTable:
     """The Triton op table; BackendUnavailableError when triton or a device is missing."""
     try:
@@ -51,6 +61,6 @@ def load() -> OpTable:
         linear=reference.linear,
         mlp=mlp.mlp,
         attention=_attention(attention.attention),
-        cached_attention=attention.cached_attention,
+        cached_attention=_cached_attention(attention.cached_attention),
         lm_head_loss=lm_head_loss.lm_head_loss,
     )
