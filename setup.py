@@ -6,8 +6,9 @@ found. Environment switches:
   LLM_SKIP_NATIVE=1        build no extension (the `native` backend then reports why)
   LLM_SKIP_CUDA=1          CPU kernels only, even where CUDA is available
   LLM_CUDA_ARCH_LIST="8.0;9.0"  GPU architectures (default: torch's TORCH_CUDA_ARCH_LIST logic)
-No -march=native: AVX-512 code paths carry their own target attributes and are chosen at
-run time, so the build runs on any x86-64 CPU.
+No -march=native: the AVX2, AVX-512 and NEON extension code paths (csrc/cpu) carry their
+own target attributes and are chosen at run time, so one build runs on any x86-64 or
+aarch64 CPU.
 """
 
 import glob
@@ -34,7 +35,8 @@ def _extensions():
         return [], {}
 
     here = os.path.dirname(os.path.abspath(__file__))
-    cpu_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    # the torch bindings (csrc/*.cpp) and the torch-free CPU kernels they call (csrc/cpu)
+    cpu_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O3", "-fopenmp", "-std=c++20", "-Wno-unused-function", "-Wno-maybe-uninitialized"]
     link_flags = ["-fopenmp"]
     cuda_home = cpp_extension.CUDA_HOME

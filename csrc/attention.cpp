@@ -2,60 +2,18 @@
 //
 // cached_attention: each query i of row b sits at cache slot q_pos[i] and attends to the
 // slots j <= q_pos[i] that key_valid[b] marks real (and always to its own slot), with an
-// exact softmax in fp32: scores, their max, exp and sum, then the weighted sum of V. One
-// (row, head, query) per task; decode has one query per row, prefill many. Its work is
-// O(S * hs) per query, small next to the weights a decode step reads.
+// exact softmax in fp32 (attend_query, cpu/rows.h). One (row, head, query) per task; decode
+// has one query per row, prefill many. Its work is O(S * hs) per query, small next to the
+// weights a decode step reads.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <vector>
 
-#include "attention.h"
 #include "common.h"
 
 namespace llm {
-
-// target_clones: GCC compiles an AVX-512 and a baseline copy and picks one by CPUID at load
-// (independently of set_cpu_isa, which steers the linear kernels).
-#if defined(__x86_64__) && defined(__GNUC__)
-#define LLM_CLONES __attribute__((target_clones("avx512f", "default")))
-#else
-#define LLM_CLONES
-#endif
-LLM_CLONES
-void attend_query(const float* q, const float* k, const float* v, int64_t ld, int64_t hs, int64_t pos,
-                  const bool* valid, float scale, float* scores, float* out) {
-  float mx = -INFINITY;
-  for (int64_t j = 0; j <= pos; ++j) {
-    if (valid && !valid[j] && j != pos) {
-      scores[j] = -INFINITY;
-      continue;
-    }
-    const float* kj = k + j * ld;
-    float part[16] = {};
-    int64_t d = 0;
-    for (; d + 16 <= hs; d += 16)
-      for (int t = 0; t < 16; ++t) part[t] += q[d + t] * kj[d + t];
-    float s = 0.0f;
-    for (; d < hs; ++d) s += q[d] * kj[d];
-    for (int t = 0; t < 16; ++t) s += part[t];
-    s *= scale;
-    scores[j] = s;
-    mx = s > mx ? s : mx;
-  }
-  for (int64_t d = 0; d < hs; ++d) out[d] = 0.0f;
-  float sum = 0.0f;
-  for (int64_t j = 0; j <= pos; ++j) {
-    if (scores[j] == -INFINITY) continue;
-    float p = std::exp(scores[j] - mx);
-    sum += p;
-    const float* vj = v + j * ld;
-    for (int64_t d = 0; d < hs; ++d) out[d] += p * vj[d];
-  }
-  const float inv = 1.0f / sum;
-  for (int64_t d = 0; d < hs; ++d) out[d] *= inv;
-}
 
 namespace {
 

@@ -1,5 +1,6 @@
-// Shared helpers for the CPU kernels of llm._C: argument checks that raise Python errors,
-// bf16 bit conversions, the run-time instruction-set choice and OpenMP work splitting.
+// Shared helpers of the torch bindings in csrc/*.cpp: argument checks that raise Python
+// errors, the current instruction set, OpenMP work splitting. The kernels themselves, with
+// bf16 conversions and instruction-set detection, are torch-free in csrc/cpu/.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,6 +9,9 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+
+#include "cpu/isa.h"
+#include "cpu/rows.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -24,38 +28,13 @@ void check_float_dtype(const at::Tensor& t, const char* op, const char* name);  
 void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name);
 std::string shape_str(const at::Tensor& t);
 
-// bf16 <-> fp32 on raw bits; to_bf16 rounds to nearest even (NaN stays NaN).
-inline float bf16_to_float(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline uint16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-// Instruction-set levels of the CPU kernels, chosen at run time: the best the CPU has,
-// or a lower one forced with set_cpu_isa / $LLM_NATIVE_ISA (tests use this to run every path).
-enum class Isa : int { portable = 0, avx512 = 1, avx512_bf16 = 2 };
-Isa best_isa();  // what this CPU (and OS) supports
-// What the kernels use now. The first call reads $LLM_NATIVE_ISA and raises c10::ValueError
-// for a name it does not know, so call it at an op's boundary, never inside a parallel
-// region, and pass the result to the kernels.
+// The level the kernels use now: the best this CPU supports (cpu/isa.h), or another one it
+// supports forced with set_cpu_isa / $LLM_NATIVE_ISA (tests use this to run every path).
+// The first call reads $LLM_NATIVE_ISA and raises c10::ValueError for a name it does not
+// know, so call it at an op's boundary, never inside a parallel region, and pass the result
+// to the kernels.
 Isa current_isa();
 void set_isa(Isa isa);
-const char* isa_name(Isa isa);
-
-// GPT-2's GELU (tanh form), in fp32.
-inline float gelu_tanh(float x) {
-  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-  float inner = k * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.0f + std::tanh(inner));
-}
 
 // [begin, end) of `n` items for thread `tid` of `nthreads`, in contiguous even chunks.
 inline void split_range(int64_t n, int tid, int nthreads, int64_t* begin, int64_t* end) {

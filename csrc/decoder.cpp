@@ -5,12 +5,13 @@
 // and the attention's (row, head) pairs from shared counters, moving on when a step's items
 // are all done (see Phase), so a token costs one Python call and no thread start-up per op.
 // Fusions: bias (+ GELU) and the residual add in the linear epilogue; layernorm writes the
-// bf16 copy the next bf16 layer reads. Semantics match the model's modules over a KVCache per
-// layer (llm.model.ModuleDecoder): token t of row b sits at cache slot pos[t] (or pos[b, t],
-// rows at different depths) with learned position position_ids[b, t] and sees the slots
-// <= that slot that key_valid[b] marks (and its own). A call may name the cache rows it runs
-// on (`rows`: the slots of a continuous batch); select_rows keeps some batch rows of the
-// cache (finished rows dropped, or reordered).
+// bf16 copy the next bf16 layer reads; with int8 weights each thread quantizes a layer's
+// input rows itself (cpu/linear.h) before taking that layer's tiles. Semantics match the
+// model's modules over a KVCache per layer (llm.model.ModuleDecoder): token t of row b sits
+// at cache slot pos[t] (or pos[b, t], rows at different depths) with learned position
+// position_ids[b, t] and sees the slots <= that slot that key_valid[b] marks (and its own).
+// A call may name the cache rows it runs on (`rows`: the slots of a continuous batch);
+// select_rows keeps some batch rows of the cache (finished rows dropped, or reordered).
 #include <ATen/ops/empty.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
@@ -25,9 +26,7 @@
 #include <thread>
 #include <vector>
 
-#include "attention.h"
 #include "common.h"
-#include "layer_norm.h"
 #include "linear.h"
 
 namespace llm {
@@ -196,12 +195,12 @@ class Decoder : public torch::CustomClassHolder {
     const int64_t pos_stride = a.pos.dim() == 2 ? T : 0;  // row b's slots: pp + b * pos_stride
     const int64_t* cache_row = a.rows.data();
     const bool* vld = a.valid.defined() ? a.valid.const_data_ptr<bool>() : nullptr;
-    const bool bf16 = W.head_.view.format == WFormat::bf16;
-    const int64_t kpC = (C + 1) / 2 * 2, kpH = (H + 1) / 2 * 2;
+    const bool bf16 = W.head_.view.format == WFormat::bf16, int8 = W.head_.view.format == WFormat::int8;
+    const int64_t kpC = (C + 1) / 2 * 2, kpH = (H + 1) / 2 * 2, kq = padded_k(WFormat::int8, std::max(C, H));
 
     const Isa isa = current_isa();  // may raise: outside the parallel region
     const int nthreads = max_threads();
-    resize(M, C, H, kpC, kpH, bf16, nthreads);
+    resize(M, C, H, kpC, kpH, kq, bf16, int8, nthreads);
     float* x = x_.data();
     // Embeddings: x[r] = wte[token] + wpe[position].
     const float* wte = W.wte_.const_data_ptr<float>();
@@ -235,11 +234,22 @@ class Decoder : public torch::CustomClassHolder {
       // next to the layer after it, and this way it needs no step of its own to wait on.
       float* ln = ln_.data() + tid * M * C;
       uint16_t* lnb = bf16 ? lnb_.data() + tid * M * kpC : nullptr;
+      int8_t* xq = int8 ? xq_.data() + tid * M * kq : nullptr;  // this thread's quantized input rows
+      float* xq_scale = int8 ? xq_scale_.data() + tid * M : nullptr;
       Phase* ph = phases.get();
       auto linear = [&](const Linear& lin, const float* in, const uint16_t* inb, int64_t rows, int64_t ld_in,
                         const Epilogue& e) {
+        LinearInput li;
+        li.x = in;
+        li.ldx = ld_in;
+        li.xb = inb;
+        if (xq) {
+          quantize_rows(in, ld_in, rows, lin.view.k, lin.view.kp, isa, xq, xq_scale);
+          li.xq = xq;
+          li.xq_scale = xq_scale;
+        }
         run_phase(*ph++, lin.view.tiles, tile_chunk,
-                  [&](int64_t a, int64_t z) { linear_tiles(lin.view, in, ld_in, inb, rows, e, a, z, isa); });
+                  [&](int64_t a, int64_t z) { linear_tiles(lin.view, li, rows, e, a, z, isa); });
       };
       auto norm_rows = [&](const at::Tensor& w, const at::Tensor& b, int64_t rows, int64_t stride_rows) {
         for (int64_t r = 0; r < rows; ++r)
@@ -415,7 +425,8 @@ class Decoder : public torch::CustomClassHolder {
     return out;
   }
 
-  void resize(int64_t M, int64_t C, int64_t H, int64_t kpC, int64_t kpH, bool bf16, int nthreads) {
+  void resize(int64_t M, int64_t C, int64_t H, int64_t kpC, int64_t kpH, int64_t kq, bool bf16, bool int8,
+              int nthreads) {
     if (rows_ == M && threads_ == nthreads) return;
     rows_ = M;
     threads_ = nthreads;
@@ -429,6 +440,10 @@ class Decoder : public torch::CustomClassHolder {
       attb_.assign(M * kpC, 0);
       fcb_.assign(M * kpH, 0);
     }
+    if (int8) {
+      xq_.assign(nthreads * M * kq, 0);
+      xq_scale_.assign(nthreads * M, 0.0f);
+    }
   }
 
   c10::intrusive_ptr<GPTWeights> w_;
@@ -437,6 +452,8 @@ class Decoder : public torch::CustomClassHolder {
   at::Tensor k_cache_, v_cache_;  // [L, B, nh, S, hs]
   std::vector<float> x_, ln_, qkv_, att_, fc_, scores_;
   std::vector<uint16_t> lnb_, attb_, fcb_;
+  std::vector<int8_t> xq_;
+  std::vector<float> xq_scale_;
 };
 
 }  // namespace llm

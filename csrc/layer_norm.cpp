@@ -1,44 +1,14 @@
-// LayerNorm over the last dimension: two passes over each row in fp32 (mean, then the
-// centered sum of squares, as torch does); rows run in parallel. bf16 inputs are computed
-// in fp32 and rounded once at the end. layer_norm_row is also the decoder's (decoder.cpp).
+// LayerNorm over the last dimension as a torch op: each row by layer_norm_row (cpu/rows.h,
+// two passes in fp32 as torch does, also the decoder's), rows in parallel. bf16 inputs are
+// computed in fp32 and rounded once at the end.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "common.h"
-#include "layer_norm.h"
 
 namespace llm {
-
-void layer_norm_row(const float* x, const float* w, const float* b, float eps, int64_t C, float* out,
-                    uint16_t* out_bf16) {
-  // 16 partial sums: the compiler vectorizes them and they keep rounding error low.
-  float part[16] = {};
-  int64_t c = 0;
-  for (; c + 16 <= C; c += 16)
-    for (int j = 0; j < 16; ++j) part[j] += x[c + j];
-  float sum = 0.0f;
-  for (; c < C; ++c) sum += x[c];
-  for (int j = 0; j < 16; ++j) sum += part[j];
-  const float mean = sum / static_cast<float>(C);
-  float sq[16] = {};
-  c = 0;
-  for (; c + 16 <= C; c += 16)
-    for (int j = 0; j < 16; ++j) {
-      float d = x[c + j] - mean;
-      sq[j] += d * d;
-    }
-  float ss = 0.0f;
-  for (; c < C; ++c) ss += (x[c] - mean) * (x[c] - mean);
-  for (int j = 0; j < 16; ++j) ss += sq[j];
-  const float rstd = 1.0f / std::sqrt(ss / static_cast<float>(C) + eps);
-  for (c = 0; c < C; ++c) {
-    float y = (x[c] - mean) * rstd * w[c] + (b ? b[c] : 0.0f);
-    out[c] = y;
-    if (out_bf16) out_bf16[c] = float_to_bf16(y);
-  }
-}
 
 namespace {
 

@@ -1,5 +1,6 @@
 // The `llm` operator library: every schema in one place, the Python module `llm._C`, the
-// boundary checks shared by the CPU kernels and the run-time instruction-set choice.
+// boundary checks shared by the CPU bindings and the current instruction set (detected by
+// csrc/cpu/isa.cpp, forced by set_cpu_isa or $LLM_NATIVE_ISA).
 // Kernels register their implementations with TORCH_LIBRARY_IMPL in their own files
 // (csrc/<op>.cpp for CPU, csrc/cuda/binding.cpp for CUDA); Python fakes live in
 // llm/ops/native.py so torch.compile can trace every op. The GPTWeights and Decoder classes
@@ -11,6 +12,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <sstream>
+#include <vector>
 
 #include "common.h"
 
@@ -44,40 +46,6 @@ void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* nam
             shape_str(t));
 }
 
-static Isa detect_isa() {
-#if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-  bool f = __builtin_cpu_supports("avx512f");
-  bool bf16 = __builtin_cpu_supports("avx512bf16");
-  if (f && bf16) return Isa::avx512_bf16;
-  if (f) return Isa::avx512;
-#endif
-  return Isa::portable;
-}
-
-Isa best_isa() {
-  static const Isa best = detect_isa();
-  return best;
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::avx512_bf16: return "avx512_bf16";
-    case Isa::avx512: return "avx512";
-    default: return "portable";
-  }
-}
-
-static constexpr const char* kIsaChoices = "'portable', 'avx512', 'avx512_bf16'";
-
-static bool parse_isa(const std::string& name, Isa* out) {
-  if (name == "portable") *out = Isa::portable;
-  else if (name == "avx512") *out = Isa::avx512;
-  else if (name == "avx512_bf16") *out = Isa::avx512_bf16;
-  else return false;
-  return true;
-}
-
 // The level the kernels use, or kIsaUnset until the first current_isa() / set_isa(). The
 // first current_isa() reads $LLM_NATIVE_ISA; a name it does not know raises there (and on
 // every later call until set_isa), never inside a kernel: the ops call current_isa() before
@@ -97,8 +65,8 @@ Isa current_isa() {
   if (env != nullptr && *env != '\0') {
     Isa want;
     TORCH_CHECK_VALUE(parse_isa(env, &want), "unknown instruction set '", env, "' in $LLM_NATIVE_ISA; choose one of ",
-                      kIsaChoices, " (or unset it)");
-    if (static_cast<int>(want) < static_cast<int>(isa)) isa = want;  // never above what the CPU has
+                      isa_choices(), " (or unset it)");
+    if (isa_supported(want)) isa = want;  // one this CPU lacks leaves the best (never above it)
   }
   g_isa.store(static_cast<int>(isa), std::memory_order_release);
   return isa;
@@ -111,11 +79,18 @@ void set_isa(Isa isa) {
 
 static std::string cpu_isa_op() { return isa_name(current_isa()); }
 static std::string cpu_best_isa_op() { return isa_name(best_isa()); }
+static std::vector<std::string> cpu_isas_op() {
+  std::vector<std::string> out;
+  for (Isa isa : supported_isas()) out.push_back(isa_name(isa));
+  return out;
+}
+static bool cpu_has_bf16_op() { return cpu_has_bf16_arithmetic(); }
 static void set_cpu_isa_op(std::string name) {
   Isa want;
-  TORCH_CHECK_VALUE(parse_isa(name, &want), "unknown instruction set '", name, "'; choose one of ", kIsaChoices);
-  TORCH_CHECK_VALUE(static_cast<int>(want) <= static_cast<int>(best_isa()), "this CPU does not support '",
-                    name, "' (best: '", isa_name(best_isa()), "')");
+  TORCH_CHECK_VALUE(parse_isa(name, &want), "unknown instruction set '", name, "'; choose one of ", isa_choices());
+  std::string runs;
+  for (Isa isa : supported_isas()) runs += std::string(runs.empty() ? "'" : ", '") + isa_name(isa) + "'";
+  TORCH_CHECK_VALUE(isa_supported(want), "this CPU does not support '", name, "' (it runs ", runs, ")");
   set_isa(want);
 }
 
@@ -143,6 +118,8 @@ TORCH_LIBRARY(llm, m) {
   // Introspection.
   m.def("cpu_isa() -> str", &llm::cpu_isa_op);
   m.def("cpu_best_isa() -> str", &llm::cpu_best_isa_op);
+  m.def("cpu_isas() -> str[]", &llm::cpu_isas_op);
+  m.def("cpu_has_bf16() -> bool", &llm::cpu_has_bf16_op);
   m.def("set_cpu_isa(str name) -> ()", &llm::set_cpu_isa_op);
   m.def("has_cuda_kernels() -> bool", &llm::has_cuda_kernels_op);
 }

@@ -42,18 +42,28 @@ def has_cuda_kernels() -> bool:
 
 
 def cpu_isa() -> str:
-    """The instruction set the CPU kernels use now: 'avx512_bf16', 'avx512' or 'portable'."""
+    """The instruction set the CPU kernels use now (one of `cpu_isas()`): 'avx512_bf16',
+    'avx512_vnni', 'avx512', 'avx2_vnni', 'avx2' (x86-64), 'neon_bf16', 'neon_dotprod',
+    'neon' (aarch64) or 'portable'."""
     extension()
     return torch.ops.llm.cpu_isa()
 
 
 def cpu_best_isa() -> str:
-    """The best instruction set this CPU supports."""
+    """The fastest instruction set this CPU supports (what `cpu_isa()` is unless lowered)."""
     extension()
     return torch.ops.llm.cpu_best_isa()
 
 
+def cpu_isas() -> list[str]:
+    """Every instruction set this CPU runs the kernels with, slowest ('portable') first."""
+    extension()
+    return list(torch.ops.llm.cpu_isas())
+
+
 def set_cpu_isa(name: str) -> None:
-    """Use a lower instruction set than the CPU's best (e.g. to test the portable code)."""
+    """Run the CPU kernels with another instruction set this CPU supports (one of
+    `cpu_isas()`, e.g. to test the portable code); ValueError for any other name.
+    `$LLM_NATIVE_ISA` sets the starting one the same way."""
     extension()
     torch.ops.llm.set_cpu_isa(name)

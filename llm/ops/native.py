@@ -44,8 +44,10 @@ def _register_fakes_once() -> None:
         tiles = (n + 63) // 64
         if format == "bfloat16":
             packed = weight.new_empty((tiles, (k + 1) // 2, 64, 2), dtype=torch.bfloat16)
+        elif format == "int8":  # quads of k, then one quad row holding the columns' int32 sums
+            packed = weight.new_empty((tiles, (k + 3) // 4 + 1, 64, 4), dtype=torch.int8)
         else:
-            packed = weight.new_empty((tiles, k, 64), dtype=torch.int8 if format == "int8" else torch.float32)
+            packed = weight.new_empty((tiles, k, 64), dtype=torch.float32)
         scales = weight.new_empty((tiles * 64 if format == "int8" else 0,), dtype=torch.float32)
         return packed, scales
 

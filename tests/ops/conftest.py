@@ -10,9 +10,6 @@ import torch
 from llm.ops import BackendUnavailableError, get_ops
 from op_helpers import BACKENDS
 
-ISA_LEVELS = ("portable", "avx512", "avx512_bf16")
-
-
 def _table(name):
     try:
         return get_ops(name)
@@ -44,15 +41,14 @@ def native():
 
 
 def _native_isas():
-    """Every instruction-set path this CPU can run (all levels, each then skipped with the
+    """Every instruction-set path this CPU can run (just 'portable', then skipped with the
     reason, where llm._C does not load)."""
     from llm import native
 
     try:
-        best = native.cpu_best_isa()
+        return native.cpu_isas()
     except BackendUnavailableError:
-        return ISA_LEVELS
-    return ISA_LEVELS[: ISA_LEVELS.index(best) + 1]
+        return ["portable"]
 
 
 @pytest.fixture(params=_native_isas())

@@ -73,7 +73,7 @@ def _triton_cases(kernels):
 
 def _native_cases(native):
     L = native
-    controls = {"cpu_isa", "cpu_best_isa", "set_cpu_isa", "has_cuda_kernels"}  # no tensors
+    controls = {"cpu_isa", "cpu_best_isa", "cpu_isas", "cpu_has_bf16", "set_cpu_isa", "has_cuda_kernels"}  # no tensors
     w, x = torch.randn(70, 33), torch.randn(3, 33)
     cases = []
     for fmt in ("float32", "bfloat16", "int8"):
@@ -216,7 +216,7 @@ for name, call in calls:
     try:
         call()
     except ValueError as e:
-        assert "LLM_NATIVE_ISA" in str(e) and "'portable', 'avx512', 'avx512_bf16'" in str(e), str(e)
+        assert "LLM_NATIVE_ISA" in str(e) and "'portable', 'avx2', " in str(e) and "'neon'" in str(e), str(e)
         print(name, "ValueError")
     else:
         print(name, "no error")

@@ -31,6 +31,8 @@ def unpack(packed, scales, n, k):
     """The [n, k] weight a packed tensor holds, in float64."""
     if packed.dtype == torch.bfloat16:  # [tiles, kp/2, 64, 2] -> [tiles*64, kp]
         w = packed.permute(0, 2, 1, 3).reshape(packed.shape[0] * 64, -1)
+    elif packed.dtype == torch.int8:  # [tiles, kp/4 + 1, 64, 4]: quads of k, then column sums
+        w = packed[:, :-1].permute(0, 2, 1, 3).reshape(packed.shape[0] * 64, -1)
     else:  # [tiles, k, 64] -> [tiles*64, k]
         w = packed.permute(0, 2, 1).reshape(packed.shape[0] * 64, -1)
     w = w.double()
@@ -91,9 +93,15 @@ def test_native_packed_linear_int8(native, isa, m, k, n):
     wq = unpack(packed, scales, n, k)
     step = w.abs().amax(1, keepdim=True).double() / 127
     assert ((wq - w.double()).abs() <= step / 2 + 1e-7).all()  # per-channel rounding
+    q = wq / scales.double()[:n, None]  # the int8 values
+    sums = packed[:, -1].reshape(-1, 4).view(torch.int32).reshape(-1)[:n]  # each column's sum
+    assert torch.equal(sums.double(), q.sum(1))
+    # x is quantized per row on the fly and the dot products are exact integer sums
+    amax = x.abs().amax(1, keepdim=True)
+    xq = torch.round(x * (torch.full_like(amax, 127) / amax)).clamp(-127, 127)
+    exact = (xq.double() @ q.T) * (amax.double() / 127) * scales.double()[:n] + b.double()
     y = L.packed_linear(x, packed, scales, n, b)
-    exact = x.double() @ wq.T + b.double()
-    assert max_error(y, exact) <= 1e-5 * (1 + exact.abs().max().item())
+    assert max_error(y, exact) <= 1e-6 * (1 + exact.abs().max().item())  # fp32 rounding only
 
 
 def test_native_packed_linear_from_bf16_weight(native):

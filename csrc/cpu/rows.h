@@ -1,0 +1,47 @@
+// Row kernels shared by the ops and the whole-model decoder: bf16 conversions, GPT-2's GELU,
+// layer norm of one row, attention of one query over a KV cache. Torch-free.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace llm {
+
+// bf16 <-> fp32 on raw bits; float_to_bf16 rounds to nearest even (NaN stays NaN).
+inline float bf16_to_float(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// x [M, ldx] fp32 -> out [M, kp] bf16 bits, rounded to nearest even, zero past K.
+void rows_to_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, uint16_t* out, int64_t kp);
+
+// GPT-2's GELU (tanh form), in fp32.
+inline float gelu_tanh(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+  float inner = k * (x + 0.044715f * x * x * x);
+  return 0.5f * x * (1.0f + std::tanh(inner));
+}
+
+// out[c] = (x[c] - mean) / sqrt(var + eps) * w[c] + b[c] over one row of C; b may be null;
+// out_bf16 (nullable) receives the same values rounded to bf16.
+void layer_norm_row(const float* x, const float* w, const float* b, float eps, int64_t C, float* out,
+                    uint16_t* out_bf16);
+
+// q [hs]; k, v: slots [0, pos] of one head, slot j at k + j * ld. The query sees slot j
+// when j <= pos and (valid == null or valid[j] or j == pos): causal, padding skipped, and
+// always its own slot. scores: scratch of pos + 1 floats. out [hs].
+void attend_query(const float* q, const float* k, const float* v, int64_t ld, int64_t hs, int64_t pos,
+                  const bool* valid, float scale, float* scores, float* out);
+
+}  // namespace llm
