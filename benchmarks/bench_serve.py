@@ -3,9 +3,9 @@ request at a time (--max-batch-size 1).
 
 GPT-2 124M shape with random weights, native backend, 2 threads, loopback only. For each
 concurrency level (default 1, 4, 16) a load generator (async httpx) keeps that many streamed
-/v1/completions requests in flight until `--requests` (default: max(4, level)) have been
-sent or `--max-seconds` have passed; each has a prompt of 16-512 random tokens and asks for
-128 new tokens (min_tokens=128: none ends early). The two servers take turns, level by
+/v1/completions requests in flight until `--requests` (default: max(4, level)) are done (a
+level is cut after `--max-seconds`); each has a prompt of 16-512 random tokens and asks
+for 128 new tokens (min_tokens=128: none ends early). The two servers take turns, level by
 level, on the same prompts, in one run.
 
   tok/s       output tokens / wall time of the level
@@ -15,7 +15,8 @@ level, on the same prompts, in one run.
   speedup     tok/s over the one-at-a-time server's at the same level
 
 Usage: python benchmarks/bench_serve.py [--threads 2] [--levels 1 4 16] [--requests N]
-Appends one JSON record to benchmarks/results/serve.jsonl and prints a markdown table.
+Appends one record (llm.bench's format) to benchmarks/results/serve.jsonl and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ import tempfile
 import threading
 import time
 
+from pathlib import Path
+
 import httpx
 import torch
 
-from common import ROOT, append_jsonl, environment, markdown_table, set_threads
 import llm
+from llm.bench import environment, make_record, markdown_table, results_dir, write_record
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_server(folder: str, threads: int, slots: int, prefill_chunk: int):
@@ -60,32 +65,42 @@ def start_server(folder: str, threads: int, slots: int, prefill_chunk: int):
     raise RuntimeError(f"the server did not start: {' '.join(cmd)}")
 
 
-async def stream_one(client, url: str, prompt: list[int], new_tokens: int) -> tuple[float, list[float]]:
-    """(send time, arrival time of each token) of one streamed completion."""
+async def stream_one(client, url: str, prompt: list[int], new_tokens: int, times: list[float]) -> None:
+    """Stream one completion, appending each token's arrival time to `times` (after the
+    send time, its first entry)."""
     body = {"model": "gpt2", "prompt": prompt, "max_tokens": new_tokens, "min_tokens": new_tokens,
             "stream": True, "return_token_ids": True}
-    sent, times = time.perf_counter(), []
+    times.append(time.perf_counter())
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if line.startswith("data: {"):
                 n = sum(len(c.get("token_ids", ())) for c in json.loads(line[6:])["choices"])
                 times.extend([time.perf_counter()] * n)
-    return sent, times
 
 
 async def run_level(url: str, prompts: list[list[int]], concurrency: int, new_tokens: int, max_seconds: float):
+    """[(send time, token times)] of the requests sent, and the wall time: at most
+    `concurrency` in flight; after `max_seconds` the requests still running are cancelled
+    (their tokens so far count)."""
     gate, results = asyncio.Semaphore(concurrency), []
     start = time.perf_counter()
 
     async def worker(prompt):
         async with gate:
-            if time.perf_counter() - start < max_seconds:
-                results.append(await stream_one(client, url, prompt, new_tokens))
+            times = []
+            results.append(times)
+            await stream_one(client, url, prompt, new_tokens, times)
 
     async with httpx.AsyncClient(timeout=None) as client:
-        await asyncio.gather(*(worker(p) for p in prompts))
-    return results, time.perf_counter() - start
+        tasks = [asyncio.ensure_future(worker(p)) for p in prompts]
+        done, pending = await asyncio.wait(tasks, timeout=max_seconds)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for t in done:
+            t.result()  # a failed request fails the benchmark
+    return [(times[0], times[1:]) for times in results], time.perf_counter() - start
 
 
 def occupancy(url: str) -> tuple[float, float]:
@@ -124,10 +139,12 @@ def main():
     ap.add_argument("--min-prompt", type=int, default=16)
     ap.add_argument("--max-prompt", type=int, default=512)
     ap.add_argument("--prefill-chunk", type=int, default=256)
-    ap.add_argument("--max-seconds", type=float, default=300, help="stop sending at a level after this long")
+    ap.add_argument("--max-seconds", type=float, default=300,
+                    help="a level ends after this long (running requests are cancelled)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    set_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    env = environment("cpu")  # before the run: its load average is the machine's, not ours
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(args.seed)
@@ -153,7 +170,8 @@ def main():
         base = next(b for b in rows if b["concurrency"] == r["concurrency"] and b["server"] == "one at a time")
         r["speedup"] = r["tok_s"] / base["tok_s"]
     single = next((r["itl_p50_ms"] for r in rows if r["concurrency"] == 1 and r["server"] == "batched"), None)
-    append_jsonl("serve", {**environment(), "args": vars(args), "single_request_itl_ms": single, "rows": rows})
+    notes = [f"single-request ITL p50 {single:.1f} ms" if single else "no concurrency-1 level"]
+    print("appended to", write_record(results_dir(), make_record("serve", env, rows, settings=vars(args), notes=notes)))
     print(markdown_table(rows, ["concurrency", "server", "requests", "tok_s", "speedup", "ttft_p50_s", "ttft_p99_s",
                                 "itl_p50_ms", "itl_p99_ms", "occupancy"],
                          titles={"tok_s": "tok/s", "ttft_p50_s": "TTFT p50 (s)", "ttft_p99_s": "TTFT p99 (s)",

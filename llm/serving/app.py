@@ -111,8 +111,8 @@ class Server:
                 item = asyncio.ensure_future(queue.get())
                 await asyncio.wait({item, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if not item.done():
-                    item.cancel()
-                    raise asyncio.CancelledError("the client went away")
+                    item.cancel()  # the client went away: nobody reads the answer
+                    raise ApiError(499, "the client closed the request", kind="client_closed_request")
                 item = item.result()
                 if isinstance(item, Failed):
                     done = True
@@ -220,12 +220,26 @@ def _add_error_handlers(app: FastAPI, srv: Server) -> None:
     async def internal(request, e: Exception):
         return _json_error(ApiError(500, f"internal error: {e!r}"))
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/"):
-            srv.metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_CountRequests, metrics=srv.metrics)
+
+
+class _CountRequests:
+    """ASGI middleware: counts each /v1/ request by path and HTTP status (streams pass through
+    untouched)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(scope["path"], str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
 
 
 def _json_error(e: ApiError) -> JSONResponse:

@@ -3,6 +3,7 @@ called with the official `openai` client and raw HTTP. Continuous batching must 
 request exactly what `model.generate` gives for it alone."""
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -294,7 +295,7 @@ def test_disconnect_frees_the_slot_and_a_full_queue_answers_429(limited):
     cancelled = limited.metric("llm_requests_cancelled_total")
     with httpx.Client(timeout=30) as http:
         with http.stream("POST", limited.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                         json={"model": "tiny", "prompt": "a long one", "max_tokens": 100, "stream": True}) as s:
+                         json={"model": "tiny", "prompt": "a long one", "max_tokens": 120, "stream": True}) as s:
             lines = s.iter_lines()
             assert next(line for line in lines if line.startswith("data:"))  # running: the one slot is taken
             with ThreadPoolExecutor(1) as pool:
@@ -324,3 +325,22 @@ def test_an_engine_failure_fails_only_its_request(limited):
     assert httpx.get(limited.url + "/health").status_code == 200
     again = _post(limited, "/v1/completions", {"model": "tiny", "prompt": "still here", "max_tokens": 2})
     assert again.status_code == 200
+
+
+def _wait_for(run, name, value, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while run.metric(name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.01)
+
+
+def test_a_client_that_goes_before_its_answer_frees_the_slot(limited):
+    cancelled = limited.metric("llm_requests_cancelled_total")
+    body = json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 100}).encode()
+    port = int(limited.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + KEY.encode() +
+                  b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        _wait_for(limited, "llm_active_slots", 1)
+    _wait_for(limited, "llm_requests_cancelled_total", cancelled + 1)
+    _wait_for(limited, "llm_active_slots", 0)
