@@ -175,12 +175,18 @@ class GPT(nn.Module):
 
     # -- backend ---------------------------------------------------------------------------
     def set_backend(self, backend: str | None) -> "GPT":
-        """Route every op through `backend`'s op table (see `llm.ops.get_ops`)."""
+        """Route every op through `backend`'s op table (see `llm.ops.get_ops`). A module that
+        holds `adapt_ops` (LoRA adapters, `llm.finetune.lora`) runs the table it makes of it."""
         self.ops = get_ops(backend)
         for m in self.modules():
             if hasattr(m, "ops") and m is not self:
-                m.ops = self.ops
+                adapt = getattr(m, "adapt_ops", None)
+                m.ops = self.ops if adapt is None else adapt(self.ops)
         return self
+
+    def has_adapted_ops(self) -> bool:
+        """True when some module runs an adapted op table (see `set_backend`)."""
+        return any(getattr(m, "adapt_ops", None) is not None for m in self.modules())
 
     @property
     def backend(self) -> str:
@@ -305,7 +311,8 @@ class GPT(nn.Module):
         if max_seq_len > self.config.n_positions:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds n_positions={self.config.n_positions}")
         decoder = None
-        if self.ops.make_decoder is not None:
+        # a backend's decoder runs the weights, not the modules: adapted ops would be skipped
+        if self.ops.make_decoder is not None and not self.has_adapted_ops():
             decoder = self.ops.make_decoder(self, batch_size, max_seq_len)
         return decoder if decoder is not None else ModuleDecoder(self, batch_size, max_seq_len)
 

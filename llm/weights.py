@@ -74,7 +74,9 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     )
 
 
-def _read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+def read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """(tensors as stored, the file read) of a model folder: model.safetensors, else
+    pytorch_model.bin (weights only); nothing checked yet."""
     st = folder / "model.safetensors"
     pt = folder / "pytorch_model.bin"
     if st.is_file():
@@ -133,14 +135,16 @@ def hf_to_state_dict(hf: dict[str, torch.Tensor], config: GPTConfig, source: str
     for name, shape in expected.items():
         if name not in hf:
             raise ValueError(f"{source}: missing tensor {name!r}")
-        out[name] = _checked_tensor(hf[name], name, shape, source, allow_non_finite)
+        out[name] = checked_tensor(hf[name], name, shape, source, allow_non_finite)
     unexpected = [k for k in hf if k not in expected and k != "lm_head.weight" and not k.endswith(IGNORED_SUFFIXES)]
     if unexpected:
         raise ValueError(f"{source}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     return out
 
 
-def _checked_tensor(t, name: str, shape: tuple, source: str, allow_non_finite: bool) -> torch.Tensor:
+def checked_tensor(t, name: str, shape: tuple, source: str, allow_non_finite: bool) -> torch.Tensor:
+    """`t` as this engine stores it (an HF Conv1D weight transposed), after checking that it
+    is a floating tensor of `shape` (and finite unless allowed); ValueError naming `name`."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{source}: {name!r} is not a tensor")
     if name.endswith(CONV1D_SUFFIXES):
@@ -159,7 +163,7 @@ def _checked_tensor(t, name: str, shape: tuple, source: str, allow_non_finite: b
 def read_weights(folder: Path, config: GPTConfig, allow_non_finite: bool = False):
     """(state dict, generation config) of a model folder, every tensor checked against
     `config`; raises before anything is built when the file does not fit."""
-    hf, source = _read_state_dict(folder)
+    hf, source = read_state_dict(folder)
     sd = hf_to_state_dict(hf, config, str(source), allow_non_finite)
     generation_config = GenerationConfig.from_pretrained(folder)
     bad = [t for t in generation_config.eos_token_ids() if not 0 <= t < config.vocab_size]
