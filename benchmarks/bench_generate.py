@@ -1,175 +1,77 @@
-"""End-to-end generation speed: this engine (each backend that runs here) against
-transformers' `generate`, same weights, same settings, greedy, no early stop.
+"""End-to-end generation: this engine on each backend (the native decoder also with
+bfloat16 and int8 weights; on CUDA with and without a CUDA graph) against transformers'
+`generate`, same weights, greedy, no early stop (llm/bench/generation.py).
 
-For each (batch, prompt length) it measures a 1-token call (prefill, i.e. time to first
-token) and a `--new`-token call; decode ms/token = (full - prefill) / (new - 1), tokens/s
-= batch * new / full. Engines are interleaved inside each repetition; the table shows the
-best repetition (on a shared machine the least disturbed one), the JSON also every
-repetition's times. On CUDA this engine runs twice: with the decode step captured in a CUDA graph
-and without.
+For each (batch, prompt length): time to first token (a 1-token call), decode ms/token
+((n-token call - 1-token call) / (n - 1)), tokens/s, GB/s of weights read per decode step
+against the read bandwidth measured in the run, speed against the torch reference, the
+fraction of tokens equal to the reference's, and peak memory. Engines are interleaved,
+round after round; medians are reported.
 
-    python benchmarks/bench_generate.py                 # gpt2 124M shape, random weights
-    python benchmarks/bench_generate.py --quick         # tiny shapes, a smoke test
+    python benchmarks/bench_generate.py                 # gpt2 124M shape, B 1/8, prompt 16/512, 128 new
+    python benchmarks/bench_generate.py --quick         # B 1, prompt 16, 32 new, 2 rounds
+    python benchmarks/bench_generate.py --batches 1 --prompts 16 --new 128 --rounds 3 --backends torch,native,transformers
+
+Appends a record to benchmarks/results/generate.jsonl (or --out) and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
-import statistics
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 
-from common import RESULTS, git_commit, markdown_table, set_threads, timed
-import llm
-from llm.ops import BackendUnavailableError, get_ops
+from common import RESULTS, markdown_table, set_threads
+from llm.bench import environment, make_record, measure_ceilings, write_record
+from llm.bench.env import describe
+from llm.bench.generation import ENGINES, per_engine, run_generation
 
-# result key -> column title of the printed table
-TABLE = {"batch": "batch", "prompt": "prompt", "engine": "engine", "prefill_ms": "prefill ms",
-         "decode_ms_per_token": "decode ms/token", "ms_per_token": "ms/token (all)",
-         "tokens_per_s": "tokens/s", "median_ms_per_token": "median ms/token"}
-
-
-def _engines(model, hf, device):
-    """name -> fn(ids, mask, new) for every engine that can run here, plus skip notes."""
-    engines, notes, seen = {}, [], set()
-    names = sorted(llm.available_backends(), key=lambda b: (b == "auto", b))  # auto last
-    for backend in names:
-        try:
-            ops = get_ops(backend)
-        except BackendUnavailableError as e:
-            notes.append(f"backend {backend}: skipped ({e})")
-            continue
-        except Exception as e:  # a backend that breaks on load is reported, not fatal
-            notes.append(f"backend {backend}: skipped ({type(e).__name__}: {e})")
-            continue
-        if ops.name in seen:
-            notes.append(f"backend {backend}: resolves to {ops.name!r}, measured under that name")
-            continue
-        seen.add(ops.name)
-        graphs = [True, False] if device.type == "cuda" else [False]
-        for graph in graphs:
-            name = f"llm[{ops.name}]" + ("+cudagraph" if graph else "" if device.type != "cuda" else " no graph")
-
-            def run(ids, mask, new, backend=ops.name, graph=graph):
-                model.set_backend(backend)
-                return model.generate(ids, new, attention_mask=mask, cuda_graph=graph if device.type == "cuda" else None)
-
-            engines[name] = run
-
-    def run_hf(ids, mask, new):
-        with torch.inference_mode():
-            return hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                               do_sample=False, pad_token_id=50256)
-
-    engines["transformers"] = run_hf
-    return engines, notes
+COLUMNS = {"shape": "case", "engine": "engine", "prefill_ms": "prefill ms", "decode_ms": "decode ms/token",
+           "tokens_per_s": "tokens/s", "GBps": "GB/s", "of_ceiling": "of read bandwidth", "vs_ref": "vs reference",
+           "same_tokens": "same tokens", "peak_MB": "peak MB"}
 
 
-def _time(fn, ids, mask, new, device):
-    dt_s, out = timed(lambda: fn(ids, mask, new), device)
-    assert out.shape == (ids.shape[0], ids.shape[1] + new), out.shape
-    return dt_s, out
+def _ints(text: str | None):
+    return [int(x) for x in text.split(",")] if text else None
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one short case (default: the full set)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    p.add_argument("--batches", default="1,8")
-    p.add_argument("--prompts", default="16,512")
-    p.add_argument("--new", type=int, default=128)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="tiny model and sizes: checks the script runs")
-    p.add_argument("--out", default=None, help="result JSON (default: benchmarks/results/generate_<device>_<time>.json)")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes")
+    p.add_argument("--prompts", default=None, help="comma-separated prompt lengths")
+    p.add_argument("--new", type=int, default=None, help="new tokens per call")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--backends", default=",".join(ENGINES), help=f"engines to run (default {','.join(ENGINES)})")
+    p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-
-    device = torch.device(args.device)
     set_threads(args.threads)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if args.quick:
-        config = llm.GPTConfig.from_preset("tiny")
-        args.batches, args.prompts, args.new, args.reps = "1,2", "4,16", 8, 1
-    else:
-        config = llm.GPTConfig.from_preset("gpt2")
-    batches = [int(x) for x in args.batches.split(",")]
-    prompts = [int(x) for x in args.prompts.split(",")]
-
-    import transformers
-
-    torch.manual_seed(0)
-    model = llm.GPT(config, backend="torch").to(device=device, dtype=dtype).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        hf = transformers.GPT2LMHeadModel.from_pretrained(tmp, dtype=dtype).to(device).eval()
-    engines, notes = _engines(model, hf, device)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    env = environment(device)
+    ceilings = measure_ceilings(device)
+    notes = []
+    rows = run_generation("quick" if args.quick else "full", device, dtype, args.backends.split(","), ceilings,
+                          notes, lambda text: print(text, file=sys.stderr, flush=True), _ints(args.batches),
+                          _ints(args.prompts), args.new, args.rounds)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings["command"] = " ".join(["python benchmarks/bench_generate.py", *(sys.argv[1:] if argv is None else argv)])
+    path = write_record(args.out, make_record("generate", env, rows, settings=settings, ceilings=ceilings.as_dict(),
+                                              notes=notes))
+    print(describe(env))
+    print(f"read bandwidth {ceilings.read_gbs:.1f} GB/s; model {rows[0]['model']}, {rows[0]['dtype']}")
+    print(markdown_table(per_engine(rows), list(COLUMNS), COLUMNS, align="llrrrrrrrr",
+                         specs={"of_ceiling": ".0%", "vs_ref": ".2f", "same_tokens": ".0%", "peak_MB": ".0f",
+                                "prefill_ms": ".1f", "tokens_per_s": ".1f", "GBps": ".1f"}))
     for n in notes:
-        print(n, file=sys.stderr)
-
-    g = torch.Generator().manual_seed(0)
-    cases = []
-    for B in batches:
-        for T in prompts:
-            ids = torch.randint(0, 50256, (B, T), generator=g).to(device)
-            mask = torch.ones_like(ids)
-            cases.append((B, T, ids, mask))
-    # warm-up: every engine once on the smallest case
-    B0, T0, ids0, mask0 = cases[0]
-    for fn in engines.values():
-        fn(ids0, mask0, 2)
-
-    times: dict[tuple, list] = {}
-    for rep in range(args.reps):
-        for B, T, ids, mask in cases:
-            for name, fn in engines.items():
-                t1, _ = _time(fn, ids, mask, 1, device)
-                tn, out = _time(fn, ids, mask, args.new, device)
-                times.setdefault((name, B, T), []).append((t1, tn))
-                print(f"rep {rep} {name:28s} B={B} T={T}: prefill {t1 * 1e3:8.1f} ms, "
-                      f"{args.new} tokens {tn:7.2f} s", file=sys.stderr, flush=True)
-
-    rows = []
-    for (name, B, T), ts in times.items():
-        t1 = min(t for t, _ in ts)
-        tn = min(t for _, t in ts)
-        rows.append({
-            "engine": name, "batch": B, "prompt": T, "new_tokens": args.new,
-            "prefill_ms": t1 * 1e3,
-            "decode_ms_per_token": (tn - t1) / max(args.new - 1, 1) * 1e3,
-            "ms_per_token": tn / args.new * 1e3,
-            "tokens_per_s": B * args.new / tn,
-            "runs": len(ts),
-            "median_ms_per_token": statistics.median(t for _, t in ts) / args.new * 1e3,
-            "times_s": [[round(a, 4), round(b, 4)] for a, b in ts],
-        })
-    rows.sort(key=lambda r: (r["batch"], r["prompt"], r["engine"]))
-    result = {
-        "benchmark": "generate",
-        "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.processor() or platform.machine(),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {args.threads} threads",
-        "dtype": str(dtype).removeprefix("torch."),
-        "model": "tiny" if args.quick else "gpt2 (124M shape, random weights)",
-        "torch": torch.__version__, "transformers": transformers.__version__, "commit": git_commit(),
-        "notes": notes, "command": " ".join(["python", "benchmarks/bench_generate.py", *(argv or sys.argv[1:])]),
-        "rows": rows,
-    }
-    print(markdown_table(rows, list(TABLE), TABLE, align="rrlrrrrr",
-                         specs={"prefill_ms": ".1f", "tokens_per_s": ".1f"}))
-    if not args.quick or args.out:
-        out = Path(args.out) if args.out else RESULTS / (
-            f"generate_{device.type}_{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M}.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"saved {out}", file=sys.stderr)
+        print("note:", n)
+    print(f"appended to {path}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,46 +1,21 @@
-"""LayerNorm: torch | triton | native, fwd / bwd / fwd+bwd, GB/s against copy bandwidth.
+"""LayerNorm: torch | triton | native | compile, fwd / bwd / fwd+bwd, GB/s against the read
+bandwidth measured in the run (`llm bench --op layer_norm`).
 
-    python benchmarks/bench_layernorm.py [--quick]
+    python benchmarks/bench_layernorm.py [--quick] [--device cuda] [--backend triton]
+
 Bytes counted: fwd reads x and writes y; bwd reads x, dy and writes dx (weights and the
-per-row statistics are negligible); bf16.
+per-row statistics are negligible). bf16 on a GPU, fp32 on a CPU. Sizes and providers:
+llm/bench/ops.py.
 """
 
-import torch
+import sys
 
-from common import copy_bandwidth_gbs, kernel_benchmark_main, providers, time_ms
-
-MODES = ("fwd", "bwd", "fwd+bwd")
+from common import op_benchmark_main
 
 
-def run(quick=False, dtype=torch.bfloat16):
-    rows = []
-    copy = copy_bandwidth_gbs()
-    shapes = [(16384, 768), (16384, 1600)] if quick else [(16384, c) for c in (768, 1024, 1600, 2048, 4096, 8192)]
-    for N, C in shapes:
-        x = torch.randn(N, C, device="cuda", dtype=dtype, requires_grad=True)
-        w = torch.randn(C, device="cuda", dtype=dtype, requires_grad=True)
-        b = torch.randn(C, device="cuda", dtype=dtype, requires_grad=True)
-        dy = torch.randn(N, C, device="cuda", dtype=dtype)
-        elem = x.element_size()
-        for name, table in providers().items():
-            y = table.layer_norm(x, w, b, 1e-5)
-            fns = {
-                "fwd": (lambda: table.layer_norm(x, w, b, 1e-5), 2),
-                "bwd": (lambda: torch.autograd.grad(y, (x, w, b), dy, retain_graph=True), 3),
-                "fwd+bwd": (lambda: torch.autograd.grad(table.layer_norm(x, w, b, 1e-5), (x, w, b), dy), 5),
-            }
-            for mode in MODES:
-                fn, passes = fns[mode]
-                ms = time_ms(fn)
-                gbs = passes * N * C * elem / ms / 1e6
-                rows.append(dict(op="layernorm", provider=name, mode=mode, N=N, C=C, ms=ms,
-                                 GBps=gbs, of_copy=gbs / copy))
-    return rows
-
-
-def main():
-    kernel_benchmark_main("layernorm", __doc__, run, preamble=lambda: print(f"copy bandwidth: {copy_bandwidth_gbs():.0f} GB/s"))
+def main(argv=None):
+    return op_benchmark_main("layer_norm", __doc__, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

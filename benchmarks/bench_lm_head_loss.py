@@ -1,13 +1,15 @@
-"""lm_head + cross-entropy: torch (unfused logits) | triton (chunked, fused), fwd+bwd time
-and peak memory on CUDA; `--memory-cpu` measures peak memory of both paths on the CPU.
+"""lm_head + cross-entropy: torch (unfused logits) | triton (chunked, fused) | compile,
+time and peak memory (`llm bench --op lm_head_loss`); `--memory-cpu` measures the peak
+memory of both paths on the CPU.
 
-    python benchmarks/bench_lm_head_loss.py [--quick]
+    python benchmarks/bench_lm_head_loss.py [--quick] [--device cuda]
     python benchmarks/bench_lm_head_loss.py --memory-cpu [--rows 512]
 
-GPU: bf16, C = 768, V = 50257 (GPT-2), peak = torch.cuda.max_memory_allocated above the
-inputs. CPU: each path runs loss.backward() in a fresh process (the triton path through
-TRITON_INTERPRET=1) and reports the growth of the peak resident set (ru_maxrss) over the
-same process's peak before the call; fp32.
+Timed: FLOPs 2 N C V (fwd), bwd 2x, V = 50257 (GPT-2), bf16 on a GPU; peak memory is what
+one call adds (CUDA allocator, or resident set). --memory-cpu: each path runs
+loss.backward() in a fresh process (the triton path through TRITON_INTERPRET=1) and
+reports the growth of the peak resident set (ru_maxrss) over the same process's peak
+before the call; fp32. Results: results/bench.jsonl, or results/lm_head_loss_memory_cpu.jsonl.
 """
 
 import argparse
@@ -19,31 +21,9 @@ import sys
 
 import torch
 
-from common import providers, report, require_cuda, time_ms
+from common import op_parser, report, run_op_benchmark
 
 V, C = 50257, 768
-
-
-def run(quick=False, dtype=torch.bfloat16):
-    rows = []
-    for N in ((4096,) if quick else (2048, 8192, 16384)):
-        h = torch.randn(N, C, device="cuda", dtype=dtype, requires_grad=True)
-        w = (torch.randn(V, C, device="cuda", dtype=dtype) * 0.02).requires_grad_()
-        targets = torch.randint(0, V, (N,), device="cuda")
-        for name, table in providers(("torch", "triton")).items():
-            def step():
-                return torch.autograd.grad(table.lm_head_loss(h, w, targets, -100), (h, w))
-
-            ms = time_ms(step, warmup=3, rep=10)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            step()
-            torch.cuda.synchronize()
-            peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-            rows.append(dict(op="lm_head_loss", provider=name, mode="fwd+bwd", N=N, V=V, C=C,
-                             ms=ms, peak_MiB=peak))
-    return rows
 
 
 def _cpu_child(provider: str, rows: int) -> None:
@@ -82,24 +62,20 @@ def memory_cpu(rows: int) -> list[dict]:
     return out
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--memory-cpu", action="store_true")
-    parser.add_argument("--rows", type=int, default=512)
+def main(argv=None):
+    parser = op_parser(__doc__)
+    parser.add_argument("--memory-cpu", action="store_true", help="peak memory of both paths on the CPU")
+    parser.add_argument("--rows", type=int, default=512, help="rows of h for --memory-cpu (default 512)")
     parser.add_argument("--cpu-child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.cpu_child:
         _cpu_child(args.cpu_child, args.rows)
-        return
+        return 0
     if args.memory_cpu:
-        report("lm_head_loss_memory_cpu", memory_cpu(args.rows))
-        return
-    if not require_cuda("bench_lm_head_loss"):
-        print("(peak memory on the CPU: --memory-cpu)")
-        return
-    report("lm_head_loss", run(args.quick))
+        report("lm_head_loss_memory_cpu", memory_cpu(args.rows), settings=dict(rows=args.rows, dtype="float32"))
+        return 0
+    return run_op_benchmark("lm_head_loss", args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

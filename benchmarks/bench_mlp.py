@@ -1,52 +1,21 @@
-"""GPT-2 MLP block proj(gelu(fc(x))): torch (eager) | triton | native, fwd / bwd / fwd+bwd.
+"""GPT-2 MLP block proj(gelu(fc(x))): torch (eager) | triton | native | compile, fwd / bwd /
+fwd+bwd (`llm bench --op mlp`).
 
-    python benchmarks/bench_mlp.py [--quick]
-FLOPs: fwd 4 * N * C * H (two matmuls), bwd 2x fwd; TFLOPS and speed-up over the first
-provider (eager torch). bf16, N = 8192 rows, H = 4C.
+    python benchmarks/bench_mlp.py [--quick] [--device cuda] [--backend triton]
+
+FLOPs: fwd 4 * N * C * H (two matmuls, H = 4C), bwd 2x fwd: TFLOPS against the matmul rate
+measured in the run; with at most 16 rows (decoding) GB/s of the weights read against the
+read bandwidth. Sizes and providers: llm/bench/ops.py.
 """
 
-import torch
+import sys
 
-from common import kernel_benchmark_main, providers, time_ms
-
-MODES = ("fwd", "bwd", "fwd+bwd")
+from common import op_benchmark_main
 
 
-def run(quick=False, dtype=torch.bfloat16):
-    rows = []
-    widths = (768, 1600) if quick else (768, 1024, 1280, 1600)
-    N = 8192
-    for C in widths:
-        H = 4 * C
-        x = torch.randn(N, C, device="cuda", dtype=dtype, requires_grad=True)
-        params = [(torch.randn(H, C, device="cuda", dtype=dtype) * 0.02).requires_grad_(),
-                  torch.zeros(H, device="cuda", dtype=dtype, requires_grad=True),
-                  (torch.randn(C, H, device="cuda", dtype=dtype) * 0.02).requires_grad_(),
-                  torch.zeros(C, device="cuda", dtype=dtype, requires_grad=True)]
-        dy = torch.randn(N, C, device="cuda", dtype=dtype)
-        fwd_flops = 4 * N * C * H
-        base = {}
-        for name, table in providers().items():
-            y = table.mlp(x, *params)
-            leaves = (x, *params)
-            fns = {
-                "fwd": (lambda: table.mlp(x, *params), 1.0),
-                "bwd": (lambda: torch.autograd.grad(y, leaves, dy, retain_graph=True), 2.0),
-                "fwd+bwd": (lambda: torch.autograd.grad(table.mlp(x, *params), leaves, dy), 3.0),
-            }
-            for mode in MODES:
-                fn, mult = fns[mode]
-                ms = time_ms(fn)
-                base.setdefault(mode, ms)
-                rows.append(dict(op="mlp", provider=name, mode=mode, N=N, C=C, ms=ms,
-                                 TFLOPS=mult * fwd_flops / ms / 1e9, speedup=base[mode] / ms))
-            del y
-    return rows
-
-
-def main():
-    kernel_benchmark_main("mlp", __doc__, run)
+def main(argv=None):
+    return op_benchmark_main("mlp", __doc__, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,34 +8,32 @@ clipping, AdamW with decay groups. The implementations are interleaved round by 
 alternating order, so a swing in machine speed hits all alike; the median step is reported
 as tokens/s.
 
-Peak memory is what a step adds on top of the process: on CUDA `max_memory_allocated`
-minus the memory allocated before the model was built; on CPU the peak resident set
-(VmHWM, reset through /proc/self/clear_refs) minus the resident set before the model was
-built. It covers weights, gradients, AdamW state and activations.
+Peak memory is what building the model and its first two steps add to the process
+(llm.bench.PeakMemory: CUDA allocator, or the peak resident set on a CPU): weights,
+gradients, AdamW state and activations. `llm bench --op train` times the same step against
+transformers' GPT-2 instead (llm/bench/training.py).
 
     python benchmarks/bench_train.py [--shapes small,gpt2] [--dtypes float32,bfloat16]
         [--backends torch] [--rounds 3] [--steps 2] [--threads 2] [--device cpu]
 
-Results are appended to benchmarks/results/train.jsonl and train.csv with the machine,
-versions and commit.
+A record is appended to benchmarks/results/train.jsonl (the one results format).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import ctypes
-import gc
 import json
-import statistics
+import sys
 from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import RESULTS, append_jsonl, environment, markdown_table, set_threads, sync, timed
+from common import RESULTS, environment, markdown_table, set_threads
 from llm import GPT, GPTConfig
+from llm.bench import PeakMemory, interleaved, make_record, release_memory, sync, write_record
+from llm.bench.env import describe
 from llm.ops import BackendUnavailableError
 from llm.training import param_groups
 
@@ -89,49 +87,7 @@ class EagerGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))
 
 
-# -- measuring -------------------------------------------------------------------------------
-
-
-def _status_kb(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _release_memory():
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-class PeakMemory:
-    """Bytes a block adds at its peak: CUDA allocator, else resident set (Linux)."""
-
-    def __init__(self, device: str):
-        self.cuda = torch.device(device).type == "cuda"
-
-    def __enter__(self):
-        _release_memory()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current VmRSS
-            self.base = _status_kb("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.peak = _status_kb("VmHWM") * 1024 - self.base
-        return False
+# -- measuring (PeakMemory, imported from here by bench_finetune.py, is llm.bench's) ----------
 
 
 def make_step(model, device, dtype, clip=1.0):
@@ -176,24 +132,22 @@ def bench_shape(shape, dtype, backends, rounds, steps, device):
         except BackendUnavailableError as e:
             print(f"skipping {name}: {e}")
             continue
-        impls[name], peaks[name] = step, mem.peak
-    times = {name: [] for name in impls}
-    for r in range(rounds):
-        order = list(impls.items())
-        for name, step in (order if r % 2 == 0 else order[::-1]):  # ABBA: drift hits both alike
-            seconds, _ = timed(lambda: [step(x, y) for _ in range(steps)], device)
-            times[name].append(seconds / steps)
+        impls[name], peaks[name] = step, mem.peak_mb
+    # ABBA rounds (llm.bench.interleaved): a drift in machine speed hits every impl alike
+    times = interleaved({name: (lambda step=step: [step(x, y) for _ in range(steps)]) for name, step in impls.items()},
+                        device, rounds=rounds, warmup=0, budget_s=0.0, max_reps=1)
     rows = []
     base = first_loss[names[-1]]
     for name in impls:
-        t = statistics.median(times[name])
+        t = times[name].median_ms / steps / 1e3
         rows.append({"shape": shape, "params_M": round(sum(p.numel() for p in reference_params(config)) / 1e6, 1),
                      "batch": B, "context": T, "dtype": dtype if dtype == "float32" else "bf16 autocast",
-                     "impl": name, "step_ms": round(t * 1e3, 1), "tokens_per_s": round(B * T / t, 1),
-                     "peak_mem_MB": round(peaks[name] / 2**20, 1),
+                     "impl": name, "step_ms": round(t * 1e3, 1), "spread": round(times[name].spread, 3),
+                     "tokens_per_s": round(B * T / t, 1),
+                     "peak_mem_MB": None if peaks[name] is None else round(peaks[name], 1),
                      "first_loss_diff": float(f"{abs(first_loss[name] - base):.2e}")})
     del impls
-    _release_memory()
+    release_memory()
     return rows
 
 
@@ -202,7 +156,7 @@ def reference_params(config):
         return list(GPT(config, backend="torch").parameters())
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="small,gpt2")
     ap.add_argument("--dtypes", default="float32,bfloat16")
@@ -211,7 +165,8 @@ def main():
     ap.add_argument("--steps", type=int, default=1, help="steps per timed round")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
+    args = ap.parse_args(argv)
     set_threads(args.threads)
     env = environment(args.device)
     for dtype in args.dtypes.split(","):  # first use of the math libraries, kept out of the figures
@@ -223,24 +178,14 @@ def main():
             for r in new:
                 print(json.dumps(r))
             rows.extend(new)
-    append_jsonl("train", {"env": env, "rows": rows})
-    csv_path = RESULTS / "train.csv"
-    new_file = not csv_path.exists()
-    if new_file:
-        fields = list(env) + list(rows[0])
-    else:  # the file's own columns: an environment with other keys must not shift them
-        with open(csv_path, newline="") as f:
-            fields = next(csv.reader(f))
-    with open(csv_path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new_file:
-            w.writeheader()
-        for r in rows:
-            w.writerow({**env, **r})
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings["command"] = " ".join(["python benchmarks/bench_train.py", *(sys.argv[1:] if argv is None else argv)])
+    path = write_record(args.out, make_record("train", env, rows, settings=settings))
     cols = ["shape", "dtype", "impl", "batch", "context", "tokens_per_s", "step_ms", "peak_mem_MB",
             "first_loss_diff"]
-    print(f"\n{env['cpu']}, {env['threads']} threads, torch {env['torch']}, commit {env['commit']}\n")
+    print(f"\n{describe(env)}\n")
     print(markdown_table(rows, cols, float_spec=""))
+    print(f"appended to {path}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,10 @@ class Timing:
         return min(self.times_ms)
 
     @property
+    def runs(self) -> int:
+        return len(self.times_ms)
+
+    @property
     def spread(self) -> float:
         """Half the interquartile range over the median (0.05: the middle half of the runs
         lies within about +-5% of the median)."""
@@ -61,7 +65,7 @@ class Timing:
 
     def summary(self) -> dict:
         """The row fields every benchmark records: ms (median), ms_min, spread, runs."""
-        return dict(ms=self.median_ms, ms_min=self.min_ms, spread=self.spread, runs=len(self.times_ms))
+        return dict(ms=self.median_ms, ms_min=self.min_ms, spread=self.spread, runs=self.runs)
 
 
 def _run_ms(fn: Callable, device, reps: int) -> list[float]:
