@@ -14,7 +14,7 @@ from finetune_helpers import SMALL, base_model, spam_rows, write_csv, write_sms
 from llm import GPT
 from llm.cli import main
 from llm.finetune import ClassifyConfig, GPTForSequenceClassification, finetune_classifier
-from llm.finetune.classify_data import read_examples
+from llm.finetune.classify_data import balance, class_weights, label_names, read_examples, stratified_split
 from llm.finetune.runs import select_trainable
 from llm.testing import assert_ok, check
 from llm.training import TrainingInterrupted, list_checkpoints, load_checkpoint
@@ -214,3 +214,21 @@ def test_help_of_the_fine_tuning_commands(command, flags, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert all(flag in out for flag in flags), out
+
+
+def test_labels_balance_splits_and_class_weights(tmp_path):
+    (tmp_path / "d.jsonl").write_text("".join(
+        f'{{"text": "t{i}", "label": {label}}}\n' for i, label in enumerate([10, 2, 2, 1, 10, 2, 2, 2])))
+    examples = read_examples(tmp_path / "d.jsonl")
+    assert label_names(examples) == ["1", "2", "10"]  # integers sort as numbers, kept as strings
+    kept = balance(examples, seed=0)
+    assert sorted(e.label for e in kept) == ["1", "10", "2"]  # one of each: the smallest class has one
+    rows = [(f"text {i}", "a" if i % 4 else "b") for i in range(40)]  # 30 a, 10 b
+    train, val, test = stratified_split(read_examples(write_csv(tmp_path / "s.csv", rows)), (0.7, 0.1, 0.2), 3)
+    assert [sum(e.label == "b" for e in s) for s in (train, val, test)] == [7, 1, 2]
+    assert [len(s) for s in (train, val, test)] == [28, 4, 8]
+    ids = [0] * 30 + [1] * 10
+    assert class_weights("balanced", ids, 2).tolist() == pytest.approx([40 / 60, 40 / 20])
+    assert class_weights("1,3", ids, 2).tolist() == [1.0, 3.0] and class_weights("none", ids, 2) is None
+    with pytest.raises(ValueError, match="class_weights must be none, balanced or 2 numbers"):
+        class_weights("1,2,3", ids, 2)
