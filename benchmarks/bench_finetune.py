@@ -21,20 +21,21 @@ op table's lm_head_loss over GPT-2's vocabulary; the last block mode then trains
     python benchmarks/bench_finetune.py [--shapes small,gpt2] [--modes full,last-block,lora]
         [--task classify] [--batch 8] [--tokens 120] [--rounds 3] [--threads 2] [--device cpu]
 
-Results are appended to benchmarks/results/finetune.jsonl with the machine, versions and commit.
+A record is appended to benchmarks/results/finetune.jsonl (the one results format, llm.bench).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 
 import torch
 
-from bench_train import PeakMemory
-from common import append_jsonl, environment, markdown_table, set_threads, sync, timed
+from common import RESULTS, environment, markdown_table, set_threads
 from llm import GPT, GPTConfig
+from llm.bench import PeakMemory, interleaved, make_record, sync, write_record
+from llm.bench.env import describe
 from llm.finetune import ClassifyConfig, GPTForSequenceClassification, InstructConfig
 from llm.finetune.runs import select_trainable
 from llm.training import param_groups
@@ -95,18 +96,17 @@ def bench_shape(shape: str, modes: list[str], task: str, B: int, T: int, rounds:
             losses[mode] = float(step(x, y, mask))  # warm-up; allocates the AdamW state
             step(x, y, mask)
             sync(device)
-        steps[mode], peaks[mode] = step, mem.peak
-    times = {mode: [] for mode in modes}
-    for r in range(rounds):
-        for mode in (modes if r % 2 == 0 else modes[::-1]):  # ABBA: drift hits all alike
-            seconds, _ = timed(lambda: steps[mode](x, y, mask), device)
-            times[mode].append(seconds)
+        steps[mode], peaks[mode] = step, mem.peak_mb
+    # ABBA rounds (llm.bench.interleaved): a drift in machine speed hits every mode alike
+    times = interleaved({mode: (lambda step=steps[mode]: step(x, y, mask)) for mode in modes}, device,
+                        rounds=rounds, warmup=0, budget_s=0.0, max_reps=1)
     rows = []
     for mode in modes:
-        t = statistics.median(times[mode])
+        t = times[mode].median_ms / 1e3
         rows.append({"shape": shape, "task": task, "batch": B, "tokens": T, "mode": TITLES[mode],
                      "trained_M": round(trained[mode] / 1e6, 3), "step_ms": round(t * 1e3, 1),
-                     "tokens_per_s": round(B * T / t, 1), "peak_mem_MB": round(peaks[mode] / 2**20, 1),
+                     "spread": round(times[mode].spread, 3), "tokens_per_s": round(B * T / t, 1),
+                     "peak_mem_MB": None if peaks[mode] is None else round(peaks[mode], 1),
                      "first_loss": round(losses[mode], 4)})
     return rows
 
@@ -135,11 +135,12 @@ def main():
         for r in new:
             print(json.dumps(r))
         rows.extend(new)
-    append_jsonl("finetune", {"env": env, "rows": rows})
+    settings = dict(vars(args), command=" ".join(["python benchmarks/bench_finetune.py", *sys.argv[1:]]))
+    path = write_record(RESULTS, make_record("finetune", env, rows, settings=settings))
     cols = ["shape", "mode", "trained_M", "tokens_per_s", "step_ms", "peak_mem_MB", "first_loss"]
-    print(f"\n{env['cpu']}, {env['threads']} threads, torch {env['torch']}, commit {env['commit']}, "
-          f"task {args.task}, batch {args.batch} x {args.tokens} tokens\n")
+    print(f"\n{describe(env)}; task {args.task}, batch {args.batch} x {args.tokens} tokens\n")
     print(markdown_table(rows, cols, float_spec=""))
+    print(f"appended to {path}")
 
 
 if __name__ == "__main__":

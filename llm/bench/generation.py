@@ -140,12 +140,12 @@ def same_tokens(out: torch.Tensor, ref: torch.Tensor, T: int) -> float:
 
 def time_engines(runs: dict, ids: torch.Tensor, new: int, device, rounds: int) -> dict:
     """name -> (prefill Timing, n-token Timing): both calls of every engine, interleaved,
-    one call each per round, after one untimed warm-up call."""
+    one call each per round (warm up the engines first)."""
     fns = {}
     for name, (run, _) in runs.items():
         fns[(name, 1)] = lambda run=run: run(ids, 1)
         fns[(name, new)] = lambda run=run: run(ids, new)
-    t = interleaved(fns, device, rounds=rounds, warmup=1, budget_s=0.0, max_reps=1)
+    t = interleaved(fns, device, rounds=rounds, warmup=0, budget_s=0.0, max_reps=1)
     return {name: (t[(name, 1)], t[(name, new)]) for name in runs}
 
 
@@ -153,7 +153,7 @@ def case_rows(runs: dict, ids: torch.Tensor, new: int, device, rounds: int,
               ceilings: Ceilings | None) -> list[dict]:
     """The prefill and decode rows of every engine on one (batch, prompt) case."""
     B, T = ids.shape
-    outputs = {name: run(ids, new) for name, (run, _) in runs.items()}
+    outputs = {name: run(ids, new) for name, (run, _) in runs.items()}  # also the warm-up
     ref_out = outputs["llm[torch]"]
     times = time_engines(runs, ids, new, device, rounds)
     decode_ms = {name: max(n.median_ms - p.median_ms, 1e-6) / max(new - 1, 1) for name, (p, n) in times.items()}
