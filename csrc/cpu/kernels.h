@@ -3,10 +3,13 @@
 // any compiler flags build every file; a table whose CPU family differs from the build's is
 // null.
 //
-// A kernel computes MR rows x 64 columns of sums over one packed tile into acc[MR][64]:
-//   f32   x fp32 [MR, ldx],  klen = K,  acc fp32
-//   bf16  x bf16 [MR, ldx],  klen = kp, acc fp32 (bf16 products, fp32 sums)
-//   int8  x int8 [MR, ldx],  klen = kp, acc int32, exactly sum_k x[m][k] * w[n][k]
+// A kernel adds MR rows x 64 columns of sums over `klen` inputs of one tile to acc[MR][64];
+// the driver zeroes acc and calls it block after block of inputs (a block of the tile stays
+// in L1 while every block of rows passes over it):
+//   f32   x fp32 [MR, ldx],  acc fp32
+//   bf16  x bf16 [MR, ldx],  acc fp32 (bf16 products, fp32 sums)
+//   int8  x int8 [MR, ldx],  acc int32 += sum_k (x[m][k] + x_offset) * w[n][k], exact (the
+//         driver takes x_offset * the column's sum back out)
 // Float kernels sum in blocks of kBlockK inputs, each block's partial sum then added to
 // acc: the rounding error grows with K / kBlockK + kBlockK instead of K (a blocked GEMM's).
 #pragma once
@@ -22,7 +25,7 @@ constexpr int64_t kBlockK = 64;
 using KernelFn = void (*)(const void* x, int64_t ldx, const void* w, int64_t klen, void* acc);
 
 struct KernelTable {
-  KernelFn f32[kRowBlock], bf16[kRowBlock], int8[kRowBlock];
+  KernelFn f32[kMaxRows], bf16[kMaxRows], int8[kMaxRows];  // by rows - 1; null past a kernel's most
   int x_offset;  // int8 wants x + x_offset as unsigned bytes (128: vpdpbusd), else 0
 };
 
@@ -35,7 +38,9 @@ const KernelTable* neon_kernels(Isa isa);    // neon, neon_dotprod, neon_bf16
 const KernelTable* kernels_for(Isa isa);
 
 #define LLM_KERNEL_ROWS(fn) \
-  { fn<1>, fn<2>, fn<3>, fn<4> }
+  { fn<1>, fn<2>, fn<3>, fn<4>, nullptr, nullptr }
+#define LLM_KERNEL_ROWS6(fn) \
+  { fn<1>, fn<2>, fn<3>, fn<4>, fn<5>, fn<6> }
 
 // The int32 column sums a tile of int8 weights keeps after its quad rows.
 inline const int32_t* int8_tile_colsums(const void* tile, int64_t kp) {

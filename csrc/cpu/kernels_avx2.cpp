@@ -27,7 +27,7 @@ namespace {
 
 // Vectors of 8 columns per pass for MR rows (MR * NV sums must fit the 16 registers).
 template <int MR>
-constexpr int kNV = MR == 1 ? 8 : (MR == 4 ? 2 : 4);
+constexpr int kNV = MR == 1 ? 8 : (MR >= 4 ? 2 : 4);
 
 template <int MR>
 LLM_AVX2 void f32_avx2(const void* xv, int64_t ldx, const void* wv, int64_t K, void* accv) {
@@ -35,7 +35,6 @@ LLM_AVX2 void f32_avx2(const void* xv, int64_t ldx, const void* wv, int64_t K, v
   const float* x = static_cast<const float*>(xv);
   const float* w = static_cast<const float*>(wv);
   float* acc = static_cast<float*>(accv);
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
     const int64_t k1 = std::min(K, k0 + kBlockK);
     for (int c0 = 0; c0 < kTileN; c0 += 8 * NV) {
@@ -65,7 +64,6 @@ LLM_AVX2 void bf16_avx2(const void* xv, int64_t ldx, const void* wv, int64_t kp,
   const uint16_t* w = static_cast<const uint16_t*>(wv);
   float* acc = static_cast<float*>(accv);
   const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t p0 = 0; p0 < kp / 2; p0 += kBlockK / 2) {
     const int64_t p1 = std::min(kp / 2, p0 + kBlockK / 2);
     for (int c0 = 0; c0 < kTileN; c0 += 8 * NV) {
@@ -118,7 +116,6 @@ LLM_AVX2 void int8_avx2(const void* xv, int64_t ldx, const void* wv, int64_t kp,
   const int8_t* w = static_cast<const int8_t*>(wv);
   int32_t* acc = static_cast<int32_t*>(accv);
   const __m256i ones = _mm256_set1_epi16(1);
-  std::memset(acc, 0, sizeof(int32_t) * MR * kTileN);
   for (int64_t q0 = 0; q0 < kp / 4; q0 += kDotBlockQ) {
     const int64_t q1 = std::min(kp / 4, q0 + kDotBlockQ);
     for (int c0 = 0; c0 < kTileN; c0 += 8 * NV) {
@@ -155,10 +152,6 @@ LLM_AVX2_VNNI void int8_avx2_vnni(const void* xv, int64_t ldx, const void* wv, i
   const int8_t* x = static_cast<const int8_t*>(xv);
   const int8_t* w = static_cast<const int8_t*>(wv);
   int32_t* acc = static_cast<int32_t*>(accv);
-  // x arrives as x + 128 (unsigned): start from -128 * sum(w) so the sums come out exact.
-  const int32_t* colsum = int8_tile_colsums(wv, kp);
-  for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < kTileN; ++j) acc[m * kTileN + j] = static_cast<int32_t>(0u - 128u * static_cast<uint32_t>(colsum[j]));
   for (int64_t q0 = 0; q0 < kp / 4; q0 += kDotBlockQ) {
     const int64_t q1 = std::min(kp / 4, q0 + kDotBlockQ);
     for (int c0 = 0; c0 < kTileN; c0 += 8 * NV) {
@@ -182,8 +175,8 @@ LLM_AVX2_VNNI void int8_avx2_vnni(const void* xv, int64_t ldx, const void* wv, i
   }
 }
 
-const KernelTable kAvx2 = {LLM_KERNEL_ROWS(f32_avx2), LLM_KERNEL_ROWS(bf16_avx2), LLM_KERNEL_ROWS(int8_avx2), 0};
-const KernelTable kAvx2Vnni = {LLM_KERNEL_ROWS(f32_avx2), LLM_KERNEL_ROWS(bf16_avx2), LLM_KERNEL_ROWS(int8_avx2_vnni), 128};
+const KernelTable kAvx2 = {LLM_KERNEL_ROWS6(f32_avx2), LLM_KERNEL_ROWS(bf16_avx2), LLM_KERNEL_ROWS(int8_avx2), 0};
+const KernelTable kAvx2Vnni = {LLM_KERNEL_ROWS6(f32_avx2), LLM_KERNEL_ROWS(bf16_avx2), LLM_KERNEL_ROWS(int8_avx2_vnni), 128};
 
 }  // namespace
 

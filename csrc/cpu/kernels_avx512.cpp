@@ -34,6 +34,15 @@ LLM_AVX512 inline void add_sums(float* acc, __m512 (&a)[MR][4]) {
 }
 
 template <int MR>
+LLM_AVX512 inline void add_sums(int32_t* acc, __m512i (&a)[MR][4]) {
+  for (int m = 0; m < MR; ++m)
+    for (int i = 0; i < 4; ++i) {
+      int32_t* t = acc + m * kTileN + 16 * i;
+      _mm512_storeu_si512(t, _mm512_add_epi32(_mm512_loadu_si512(t), a[m][i]));
+    }
+}
+
+template <int MR>
 LLM_AVX512 inline void zero_sums(__m512 (&a)[MR][4]) {
   for (int m = 0; m < MR; ++m)
     for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_ps();
@@ -44,7 +53,6 @@ LLM_AVX512 void f32_avx512(const void* xv, int64_t ldx, const void* wv, int64_t 
   const float* x = static_cast<const float*>(xv);
   const float* w = static_cast<const float*>(wv);
   float* acc = static_cast<float*>(accv);
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
     __m512 a[MR][4];
     zero_sums<MR>(a);
@@ -71,7 +79,6 @@ LLM_AVX512 void bf16_avx512(const void* xv, int64_t ldx, const void* wv, int64_t
   const uint16_t* w = static_cast<const uint16_t*>(wv);
   float* acc = static_cast<float*>(accv);
   const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t p0 = 0; p0 < kp / 2; p0 += kBlockK / 2) {
     __m512 a[MR][4];
     zero_sums<MR>(a);
@@ -101,7 +108,6 @@ LLM_AVX512_BF16 void bf16_avx512bf16(const void* xv, int64_t ldx, const void* wv
   const uint16_t* x = static_cast<const uint16_t*>(xv);
   const uint16_t* w = static_cast<const uint16_t*>(wv);
   float* acc = static_cast<float*>(accv);
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t p0 = 0; p0 < kp / 2; p0 += kBlockK / 2) {
     __m512 a[MR][4];
     zero_sums<MR>(a);
@@ -154,22 +160,16 @@ LLM_AVX512 void int8_avx512(const void* xv, int64_t ldx, const void* wv, int64_t
       }
     }
   }
-  int32_t* acc = static_cast<int32_t*>(accv);
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) _mm512_storeu_si512(acc + m * kTileN + 16 * i, a[m][i]);
+  add_sums<MR>(static_cast<int32_t*>(accv), a);
 }
 
 template <int MR>
 LLM_AVX512_VNNI void int8_avx512vnni(const void* xv, int64_t ldx, const void* wv, int64_t kp, void* accv) {
   const int8_t* x = static_cast<const int8_t*>(xv);
   const int8_t* w = static_cast<const int8_t*>(wv);
-  // x arrives as x + 128 (unsigned): start from -128 * sum(w) so the sums come out exact.
-  const int32_t* colsum = int8_tile_colsums(wv, kp);
   __m512i a[MR][4];
-  for (int i = 0; i < 4; ++i) {
-    const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(colsum + 16 * i), 7));
-    for (int m = 0; m < MR; ++m) a[m][i] = c;
-  }
+  for (int m = 0; m < MR; ++m)
+    for (int i = 0; i < 4; ++i) a[m][i] = _mm512_setzero_si512();
   for (int64_t q = 0; q < kp / 4; ++q) {
     const int8_t* wq = w + q * 4 * kTileN;
     const __m512i w0 = _mm512_loadu_si512(wq), w1 = _mm512_loadu_si512(wq + 64);
@@ -182,17 +182,15 @@ LLM_AVX512_VNNI void int8_avx512vnni(const void* xv, int64_t ldx, const void* wv
       a[m][3] = _mm512_dpbusd_epi32(a[m][3], xu, w3);
     }
   }
-  int32_t* acc = static_cast<int32_t*>(accv);
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < 4; ++i) _mm512_storeu_si512(acc + m * kTileN + 16 * i, a[m][i]);
+  add_sums<MR>(static_cast<int32_t*>(accv), a);
 }
 
-const KernelTable kAvx512 = {LLM_KERNEL_ROWS(f32_avx512), LLM_KERNEL_ROWS(bf16_avx512),
+const KernelTable kAvx512 = {LLM_KERNEL_ROWS6(f32_avx512), LLM_KERNEL_ROWS(bf16_avx512),
                              LLM_KERNEL_ROWS(int8_avx512), 0};
-const KernelTable kAvx512Vnni = {LLM_KERNEL_ROWS(f32_avx512), LLM_KERNEL_ROWS(bf16_avx512),
-                                 LLM_KERNEL_ROWS(int8_avx512vnni), 128};
-const KernelTable kAvx512Bf16 = {LLM_KERNEL_ROWS(f32_avx512), LLM_KERNEL_ROWS(bf16_avx512bf16),
-                                 LLM_KERNEL_ROWS(int8_avx512vnni), 128};
+const KernelTable kAvx512Vnni = {LLM_KERNEL_ROWS6(f32_avx512), LLM_KERNEL_ROWS(bf16_avx512),
+                                 LLM_KERNEL_ROWS6(int8_avx512vnni), 128};
+const KernelTable kAvx512Bf16 = {LLM_KERNEL_ROWS6(f32_avx512), LLM_KERNEL_ROWS(bf16_avx512bf16),
+                                 LLM_KERNEL_ROWS6(int8_avx512vnni), 128};
 
 }  // namespace
 

@@ -53,7 +53,6 @@ void f32_neon(const void* xv, int64_t ldx, const void* wv, int64_t K, void* accv
   const float* x = static_cast<const float*>(xv);
   const float* w = static_cast<const float*>(wv);
   float* acc = static_cast<float*>(accv);
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
     const int64_t k1 = std::min(K, k0 + kBlockK);
     for (int c0 = 0; c0 < kTileN; c0 += 4 * NQ) {
@@ -79,7 +78,6 @@ void bf16_neon(const void* xv, int64_t ldx, const void* wv, int64_t kp, void* ac
   const uint16_t* w = static_cast<const uint16_t*>(wv);
   float* acc = static_cast<float*>(accv);
   const uint32x4_t hi = vdupq_n_u32(0xffff0000u);
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t p0 = 0; p0 < kp / 2; p0 += kBlockK / 2) {
     const int64_t p1 = std::min(kp / 2, p0 + kBlockK / 2);
     for (int c0 = 0; c0 < kTileN; c0 += 4 * NQ) {
@@ -115,7 +113,6 @@ LLM_NEON_BF16 void bf16_neon_bfdot(const void* xv, int64_t ldx, const void* wv, 
   const uint16_t* x = static_cast<const uint16_t*>(xv);
   const uint16_t* w = static_cast<const uint16_t*>(wv);
   float* acc = static_cast<float*>(accv);
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t p0 = 0; p0 < kp / 2; p0 += kBlockK / 2) {
     const int64_t p1 = std::min(kp / 2, p0 + kBlockK / 2);
     for (int c0 = 0; c0 < kTileN; c0 += 4 * NQ) {
@@ -148,7 +145,6 @@ void int8_neon(const void* xv, int64_t ldx, const void* wv, int64_t kp, void* ac
   const int8_t* x = static_cast<const int8_t*>(xv);
   const int8_t* w = static_cast<const int8_t*>(wv);
   int32_t* acc = static_cast<int32_t*>(accv);
-  std::memset(acc, 0, sizeof(int32_t) * MR * kTileN);
   for (int64_t q0 = 0; q0 < kp / 4; q0 += kDotBlockQ) {
     const int64_t q1 = std::min(kp / 4, q0 + kDotBlockQ);
     for (int c0 = 0; c0 < kTileN; c0 += 4 * NG) {
@@ -182,7 +178,6 @@ LLM_NEON_DOTPROD void int8_neon_sdot(const void* xv, int64_t ldx, const void* wv
   const int8_t* x = static_cast<const int8_t*>(xv);
   const int8_t* w = static_cast<const int8_t*>(wv);
   int32_t* acc = static_cast<int32_t*>(accv);
-  std::memset(acc, 0, sizeof(int32_t) * MR * kTileN);
   for (int64_t q0 = 0; q0 < kp / 4; q0 += kDotBlockQ) {
     const int64_t q1 = std::min(kp / 4, q0 + kDotBlockQ);
     for (int c0 = 0; c0 < kTileN; c0 += 4 * NQ) {

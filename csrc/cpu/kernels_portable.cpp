@@ -20,7 +20,6 @@ void f32_portable(const void* xv, int64_t ldx, const void* wv, int64_t K, void* 
   const float* x = static_cast<const float*>(xv);
   const float* w = static_cast<const float*>(wv);
   float* acc = static_cast<float*>(accv);
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
     float a[MR][kTileN] = {};
     for (int64_t k = k0; k < std::min(K, k0 + kBlockK); ++k) {
@@ -39,7 +38,6 @@ void bf16_portable(const void* xv, int64_t ldx, const void* wv, int64_t kp, void
   const uint16_t* x = static_cast<const uint16_t*>(xv);
   const uint16_t* w = static_cast<const uint16_t*>(wv);
   float* acc = static_cast<float*>(accv);
-  std::memset(acc, 0, sizeof(float) * MR * kTileN);
   for (int64_t p0 = 0; p0 < kp / 2; p0 += kBlockK / 2) {
     float a[MR][kTileN] = {};
     for (int64_t p = p0; p < std::min(kp / 2, p0 + kBlockK / 2); ++p) {
@@ -63,7 +61,6 @@ void int8_portable(const void* xv, int64_t ldx, const void* wv, int64_t kp, void
   const int8_t* x = static_cast<const int8_t*>(xv);
   const int8_t* w = static_cast<const int8_t*>(wv);
   int32_t* acc = static_cast<int32_t*>(accv);
-  std::memset(acc, 0, sizeof(int32_t) * MR * kTileN);
   for (int64_t q = 0; q < kp / 4; ++q) {
     const int8_t* wq = w + q * 4 * kTileN;
     for (int m = 0; m < MR; ++m) {

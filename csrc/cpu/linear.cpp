@@ -1,8 +1,10 @@
-// The linear driver (linear.h): picks the instruction set's micro-kernels (kernels.h), runs
-// them over blocks of kRowBlock rows and one tile at a time, and applies the epilogue to
-// each 64-column block of sums while it is in L1. Row quantization for int8 weights.
+// The linear driver (linear.h): picks the instruction set's micro-kernels (kernels.h) and
+// runs them tile by tile; within a tile, block of inputs by block (one L1-sized piece of
+// the tile) over every block of rows, then the epilogue on each row's 64 sums. Row
+// quantization for int8 weights.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels.h"
 #include "linear.h"
@@ -24,10 +26,6 @@ const KernelTable* kernels_for(Isa isa) {
     default: return nullptr;
   }
 }
-
-// Round half to even for |v| < 2^22 without a libm call, so the loop vectorizes: adding
-// 1.5 * 2^23 leaves no fraction bits and the FPU rounds to nearest even on the way.
-static inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
 
 void quantize_rows(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t kp, Isa isa, int8_t* q,
                    float* scale) {
@@ -58,16 +56,42 @@ namespace {
 struct RowSource {
   const KernelFn* fns;
   const char* x;
-  int64_t ldx;   // elements
-  size_t esize;  // bytes per element
-  int64_t klen;
+  int64_t ldx;    // elements
+  size_t esize;   // bytes per element of x
+  int64_t klen;   // inputs the kernels run over (K, or kp)
+  int64_t chunk;  // inputs per kernel call: 16 KB of a tile (a multiple of kBlockK)
+  int64_t wrow;   // bytes of the tile per input
 };
 
 RowSource row_source(const PackedView& w, const LinearInput& in, const KernelTable& kt) {
   switch (w.format) {
-    case WFormat::f32: return {kt.f32, reinterpret_cast<const char*>(in.x), in.ldx, 4, w.k};
-    case WFormat::bf16: return {kt.bf16, reinterpret_cast<const char*>(in.xb), w.kp, 2, w.kp};
-    default: return {kt.int8, reinterpret_cast<const char*>(in.xq), w.kp, 1, w.kp};
+    case WFormat::f32: return {kt.f32, reinterpret_cast<const char*>(in.x), in.ldx, 4, w.k, 64, 4 * kTileN};
+    case WFormat::bf16: return {kt.bf16, reinterpret_cast<const char*>(in.xb), w.kp, 2, w.kp, 256, 2 * kTileN};
+    default: return {kt.int8, reinterpret_cast<const char*>(in.xq), w.kp, 1, w.kp, 512, kTileN};
+  }
+}
+
+// The epilogue of one row's block of `cols` sums, in place in y, as simple loops the
+// compiler vectorizes (and compiles for AVX-512 and AVX2 too, picked by CPUID at load).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void finish_row(float* y, int64_t cols, const float* scale, const Epilogue& e, int64_t row, int64_t n0) {
+  if (scale)
+    for (int64_t j = 0; j < cols; ++j) y[j] *= scale[j];
+  if (e.bias)
+    for (int64_t j = 0; j < cols; ++j) y[j] += e.bias[n0 + j];
+  if (e.gelu)
+    for (int64_t j = 0; j < cols; ++j) y[j] = gelu_tanh(y[j]);
+  if (e.residual) {
+    const float* res = e.residual + row * e.ld_residual + n0;
+    for (int64_t j = 0; j < cols; ++j) y[j] += res[j];
+  }
+  float* out = e.out + row * e.ld_out + n0;
+  for (int64_t j = 0; j < cols; ++j) out[j] = y[j];
+  if (e.out_bf16) {
+    uint16_t* ob = e.out_bf16 + row * e.ld_out_bf16 + n0;
+    for (int64_t j = 0; j < cols; ++j) ob[j] = float_to_bf16(y[j]);
   }
 }
 
@@ -75,35 +99,44 @@ RowSource row_source(const PackedView& w, const LinearInput& in, const KernelTab
 
 void linear_tiles(const PackedView& w, const LinearInput& in, int64_t M, const Epilogue& e, int64_t t0,
                   int64_t t1, Isa isa) {
-  const RowSource src = row_source(w, in, *kernels_for(isa));
+  const KernelTable& kt = *kernels_for(isa);
+  const RowSource src = row_source(w, in, kt);
   const bool integer = w.format == WFormat::int8;
-  alignas(64) float acc[kRowBlock * kTileN];
-  const int32_t* iacc = reinterpret_cast<const int32_t*>(acc);
+  int64_t rows = kMaxRows;  // the kernels' most rows per call
+  while (src.fns[rows - 1] == nullptr) --rows;
+  // as few blocks as that allows, of sizes as even as possible (8 rows: 4 + 4, not 6 + 2)
+  const int64_t blocks = (M + rows - 1) / rows, base = M / blocks, extra = M % blocks;
+  auto mr_of = [&](int64_t b) { return base + (b < extra ? 1 : 0); };
+  thread_local std::vector<float> sums;  // [M][64]: fp32 sums, or int32 ones for int8
+  sums.resize(static_cast<size_t>(M * kTileN));
+  int32_t* isums = reinterpret_cast<int32_t*>(sums.data());
+  alignas(64) float y[kTileN];
   for (int64_t t = t0; t < t1; ++t) {
     const char* wt = static_cast<const char*>(w.data) + t * w.tile_bytes();
     const int64_t n0 = t * kTileN;
     const int64_t cols = std::min<int64_t>(kTileN, w.n - n0);
-    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {
-      const int64_t mr = std::min<int64_t>(kRowBlock, M - m0);
-      src.fns[mr - 1](src.x + m0 * src.ldx * src.esize, src.ldx, wt, src.klen, acc);
-      for (int64_t m = 0; m < mr; ++m) {
-        const int64_t row = m0 + m;
-        const float* a = acc + m * kTileN;
-        const int32_t* ai = iacc + m * kTileN;
-        const float xs = integer ? in.xq_scale[row] : 1.0f;
-        float* out = e.out + row * e.ld_out + n0;
-        const float* res = e.residual ? e.residual + row * e.ld_residual + n0 : nullptr;
-        uint16_t* ob = e.out_bf16 ? e.out_bf16 + row * e.ld_out_bf16 + n0 : nullptr;
-        for (int64_t j = 0; j < cols; ++j) {
-          float y = integer ? static_cast<float>(ai[j]) * xs : a[j];
-          if (w.scales) y *= w.scales[n0 + j];
-          if (e.bias) y += e.bias[n0 + j];
-          if (e.gelu) y = gelu_tanh(y);
-          if (res) y += res[j];
-          out[j] = y;
-          if (ob) ob[j] = float_to_bf16(y);
-        }
+    std::fill(sums.begin(), sums.end(), 0.0f);  // all-zero bits: 0 as int32 too
+    for (int64_t k0 = 0; k0 < src.klen; k0 += src.chunk) {
+      const int64_t klen = std::min(src.chunk, src.klen - k0);
+      for (int64_t m0 = 0, b = 0; m0 < M; m0 += mr_of(b++)) {
+        const int64_t mr = mr_of(b);
+        src.fns[mr - 1](src.x + (m0 * src.ldx + k0) * src.esize, src.ldx, wt + k0 * src.wrow, klen,
+                        sums.data() + m0 * kTileN);
       }
+    }
+    const int32_t* colsum = integer ? int8_tile_colsums(wt, w.kp) : nullptr;
+    const uint32_t offset = static_cast<uint32_t>(kt.x_offset);
+    for (int64_t m = 0; m < M; ++m) {
+      if (integer) {  // exact int32 sums (unsigned arithmetic wraps as the vector units do)
+        const int32_t* a = isums + m * kTileN;
+        for (int64_t j = 0; j < cols; ++j)
+          y[j] = static_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(a[j]) -
+                                                         offset * static_cast<uint32_t>(colsum[j]))) *
+                 in.xq_scale[m];
+      } else {
+        std::copy_n(sums.data() + m * kTileN, cols, y);
+      }
+      finish_row(y, cols, integer ? w.scales + n0 : nullptr, e, m, n0);
     }
   }
 }

@@ -26,8 +26,8 @@
 
 namespace llm {
 
-constexpr int64_t kTileN = 64;    // output columns per packed tile
-constexpr int64_t kRowBlock = 4;  // rows per micro-kernel call
+constexpr int64_t kTileN = 64;   // output columns per packed tile
+constexpr int64_t kMaxRows = 6;  // rows per micro-kernel call, at most (per kernel: 4 or 6)
 
 enum class WFormat : int { f32 = 0, bf16 = 1, int8 = 2 };
 

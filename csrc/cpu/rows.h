@@ -2,6 +2,8 @@
 // layer norm of one row, attention of one query over a KV cache. Torch-free.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -26,11 +28,32 @@ inline uint16_t float_to_bf16(float f) {
 // x [M, ldx] fp32 -> out [M, kp] bf16 bits, rounded to nearest even, zero past K.
 void rows_to_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, uint16_t* out, int64_t kp);
 
-// GPT-2's GELU (tanh form), in fp32.
+// Round half to even for |v| < 2^22 without a libm call, so loops over it vectorize:
+// adding 1.5 * 2^23 leaves no fraction bits and the FPU rounds to nearest even on the way.
+inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
+
+// exp(x), clamped to [-88, 88], within a few ulp: x = n ln2 + r with |r| <= ln2 / 2, Cephes'
+// expf polynomial for exp(r), 2^n written into the exponent bits. Plain arithmetic, so
+// loops over it vectorize (std::exp does not).
+inline float exp_fast(float x) {
+  x = std::min(88.0f, std::max(-88.0f, x));
+  const float n = round_even(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+
+// GPT-2's GELU (tanh form) in fp32: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)) with
+// u = sqrt(2 / pi) (x + 0.044715 x^3); the second form has no cancellation for x < 0.
 inline float gelu_tanh(float x) {
-  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-  float inner = k * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.0f + std::tanh(inner));
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return x / (1.0f + exp_fast(-2.0f * u));
 }
 
 // out[c] = (x[c] - mean) / sqrt(var + eps) * w[c] + b[c] over one row of C; b may be null;

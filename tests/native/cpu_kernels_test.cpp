@@ -10,7 +10,7 @@
 //   int8          quantize_rows against its definition; outputs bit-equal to exact int64
 //                 sums put through the same epilogue arithmetic
 //   epilogue      bias, GELU, residual and bf16 copy against the plain output
-//   rows          layer_norm_row and attend_query against float64
+//   rows          gelu_tanh, layer_norm_row and attend_query against float64
 // Prints "isas: ..." (supported), "checked: ..." and one line per failure; exit 1 on any.
 #include <cmath>
 #include <cstdint>
@@ -218,7 +218,7 @@ void check_epilogue(Isa isa, WFormat f, Rng& rng) {
 void check_linear(Isa isa) {
   Rng rng;
   const int64_t shapes[][2] = {{1, 1}, {3, 65}, {37, 131}, {64, 64}, {65, 63}, {130, 129}, {257, 200}, {768, 70}};
-  const int64_t rows[] = {1, 2, 3, 4, 5, 9};
+  const int64_t rows[] = {1, 2, 3, 4, 5, 6, 9, 13};  // 13: blocks of 5, 4, 4 rows (or 4 + 4 + 5)
   for (auto [K, N] : shapes) {
     const std::vector<float> w = rng.vec(N * K);
     for (WFormat f : {WFormat::f32, WFormat::bf16, WFormat::int8}) {
@@ -240,6 +240,16 @@ void check_linear(Isa isa) {
 
 void check_rows() {
   Rng rng;
+  for (int i = -4000; i <= 4000; ++i) {  // GELU (exp-based) against float64, x in [-20, 20]
+    const double x = i * 0.005, u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    const double want = x / (1 + std::exp(-2 * u));  // = 0.5 x (1 + tanh(u)), without cancellation
+    const float got = gelu_tanh(static_cast<float>(x));
+    // a few fp32 ulp, plus those of u amplified by exp's condition number |2u| (the tail
+    // x < -4, where the result is below 1e-5 |x|); below fp32's normal range, absolute
+    if (std::fabs(got - want) > std::fabs(want) * (4e-7 + 3e-7 * std::fabs(2 * u)) + 1e-36)
+      return fail("gelu_tanh x=" + std::to_string(x));
+  }
+  ++g_checks;
   for (int64_t C : {1, 7, 16, 45, 768}) {
     const std::vector<float> x = rng.vec(C, 3.0f), w = rng.vec(C), b = rng.vec(C);
     std::vector<float> out(C);
