@@ -2,6 +2,7 @@
 
 from .config import PRESETS, GPTConfig
 from .generation import GenerationConfig
+from .interop.transformers import patch_transformers, unpatch_transformers
 from .model import GPT
 from .ops import BackendUnavailableError, available_backends, get_ops
 from .tokenizer import get_tokenizer
@@ -16,6 +17,8 @@ __all__ = [
     "available_backends",
     "get_ops",
     "get_tokenizer",
+    "patch_transformers",
     "train",
+    "unpatch_transformers",
 ]
 __version__ = "0.1.0"

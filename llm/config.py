@@ -26,6 +26,7 @@ class GPTConfig:
     attn_pdrop: float = 0.0
     resid_pdrop: float = 0.0
     bias: bool = True
+    tie_word_embeddings: bool = True  # lm_head shares wte's weight (GPT-2); False: its own
     bos_token_id: int | None = 50256  # <|endoftext|>; None where the vocabulary has no such id
     eos_token_id: int | None = 50256
     extra: dict = field(default_factory=dict, repr=False)  # unknown HF fields, kept for round trips
@@ -46,8 +47,9 @@ class GPTConfig:
             p = getattr(self, name)
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
                 raise ValueError(f"GPTConfig.{name} must be a number in [0, 1), got {p!r}")
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"GPTConfig.bias must be true or false, got {self.bias!r}")
+        for name in ("bias", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("bos_token_id", "eos_token_id"):
             token = getattr(self, name)
             if token is not None:
@@ -62,10 +64,11 @@ class GPTConfig:
                              f"this engine can hold (check n_layer, n_embd, vocab_size)")
 
     def num_params(self) -> int:
-        """Parameters of the model this config describes (the tied lm_head counted once)."""
+        """Parameters of the model this config describes (a tied lm_head counted once)."""
         C, H, b = self.n_embd, self.inner_dim, int(self.bias)
         block = 2 * C * (1 + b) + (3 * C * C + 3 * C * b) + (C * C + C * b) + (C * H + H * b) + (H * C + C * b)
-        return (self.vocab_size + self.n_positions) * C + self.n_layer * block + C * (1 + b)
+        head = 0 if self.tie_word_embeddings else self.vocab_size * C
+        return (self.vocab_size + self.n_positions) * C + self.n_layer * block + C * (1 + b) + head
 
     @property
     def head_dim(self) -> int:
@@ -104,7 +107,7 @@ class GPTConfig:
             "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False,
-            "tie_word_embeddings": True,
+            "tie_word_embeddings": self.tie_word_embeddings,
         }
         if not self.bias:
             d["bias"] = False  # not a transformers field: such a model loads only here
@@ -126,8 +129,8 @@ class GPTConfig:
             )
         if d.get("scale_attn_weights") is False:
             raise ValueError(f"{source}: scale_attn_weights=False is not supported")
-        if d.get("tie_word_embeddings") is False:
-            raise ValueError(f"{source}: untied lm_head (tie_word_embeddings=False) is not supported")
+        if d.get("add_cross_attention"):
+            raise ValueError(f"{source}: add_cross_attention (an encoder-decoder GPT-2) is not supported")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: d[k] for k in known if k in d}
         if "n_positions" not in kwargs and "n_ctx" in d:
@@ -173,7 +176,7 @@ def _check_int(name: str, value, low: int) -> None:
 # Keys `to_hf_dict` always writes itself (fixed by the architecture).
 _WRITTEN_BY_TO_HF = {
     "architectures", "model_type", "activation_function", "n_ctx", "scale_attn_weights",
-    "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "tie_word_embeddings",
+    "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
 }
 
 PRESETS: dict[str, GPTConfig] = {

@@ -1,4 +1,5 @@
-"""GPT-2, exactly: learned positions, pre-LayerNorm blocks, GELU (tanh), tied lm_head.
+"""GPT-2, exactly: learned positions, pre-LayerNorm blocks, GELU (tanh), tied lm_head (or,
+with `tie_word_embeddings=False`, an lm_head of its own).
 
 Parameter names are GPT-2's / Hugging Face's (`transformer.h.0.attn.c_attn.weight`, ...), so
 weights map by name; linear weights are stored [out, in] (HF's Conv1D stores [in, out]; the
@@ -25,6 +26,8 @@ from .config import GPTConfig
 from .generation import GenerationConfig
 from .generation import generate as _generate
 from .generation import stream as _stream
+from .interop import book
+from .interop import transformers as hf_interop
 from .ops import IGNORE_INDEX, Decoder, OpTable, get_ops
 
 
@@ -153,7 +156,8 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         # how `generate` continues by default: a new model greedily and without EOS; a loaded
         # one as its generation_config.json says
         self.generation_config = GenerationConfig()
@@ -201,6 +205,8 @@ class GPT(nn.Module):
         input_ids = self._check_input_ids(input_ids)
         return input_ids, self._check_attention_mask(attention_mask, input_ids)
 
+    # eager under torch.compile: the range check reads values, which a graph cannot branch on
+    @torch.compiler.disable
     def _check_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor):
             input_ids = torch.as_tensor(input_ids)
@@ -267,7 +273,7 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def head(self, h):
-        """Logits [..., vocab] of hidden states [..., C] (the tied lm_head)."""
+        """Logits [..., vocab] of hidden states [..., C] (the lm_head)."""
         return self.ops.linear(h, self.lm_head.weight, None)
 
     def last_token_logits(self, input_ids, position_ids, key_valid=None):
@@ -327,21 +333,45 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, backend: str | None = None, dtype=None,
-                        device=None, allow_non_finite: bool = False) -> "GPT":
+                        device=None, allow_non_finite: bool = False, config=None) -> "GPT":
         """Load a Hugging Face GPT-2 folder or hub name (see `llm.weights`). Every tensor is
         checked against config.json before any module is built (NaN/inf refused unless
         `allow_non_finite`); the model then takes the tensors (no random init). dtype: a
-        torch dtype or its name ('float32', 'bfloat16', 'float16')."""
-        dtype = _as_dtype(dtype)
-        folder = weights.resolve_model_dir(path)
-        config = GPTConfig.from_json(folder / "config.json")
-        state_dict, generation_config = weights.read_weights(folder, config, allow_non_finite)
+        torch dtype or its name ('float32', 'bfloat16', 'float16').
+
+        With `config` (the book's config dict, or a JSON file holding it), `path` is instead
+        a `GPTModel` state dict of "Build a Large Language Model (From Scratch)" saved with
+        `torch.save` (see `llm.interop.book`)."""
+        if config is not None:
+            model_config, state_dict = book.read_checkpoint(path, config, allow_non_finite)
+            generation_config = GenerationConfig(eos_token_id=model_config.eos_token_id)
+        else:
+            folder = weights.resolve_model_dir(path)
+            model_config = GPTConfig.from_json(folder / "config.json")
+            state_dict, generation_config = weights.read_weights(folder, model_config, allow_non_finite)
+        model = cls._from_state_dict(model_config, state_dict, generation_config)
+        model.to(device=device, dtype=_as_dtype(dtype))
+        return model.set_backend(backend).eval()
+
+    @classmethod
+    def from_transformers(cls, hf_model, backend: str | None = None, dtype=None, device=None) -> "GPT":
+        """A GPT holding a copy of the weights of a transformers GPT-2 (`GPT2LMHeadModel`, or
+        `GPT2Model` whose head is then the tied embedding), in eval mode; dtype and device
+        default to the source model's."""
+        model_config, state_dict, generation_config = hf_interop.read_model(hf_model)
+        source = state_dict["transformer.wte.weight"]
+        model = cls._from_state_dict(model_config, state_dict, generation_config)
+        model.to(device=device or source.device, dtype=source.dtype if dtype is None else _as_dtype(dtype))
+        return model.set_backend(backend).eval()
+
+    @classmethod
+    def _from_state_dict(cls, config: GPTConfig, state_dict: dict, generation_config) -> "GPT":
+        """A GPT built on the meta device that takes checked tensors as its parameters."""
         with torch.device("meta"):
             model = cls(config, backend="torch")
         weights.assign_weights(model, state_dict)
         model.generation_config = generation_config
-        model.to(device=device, dtype=dtype)
-        return model.set_backend(backend).eval()
+        return model
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""

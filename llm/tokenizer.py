@@ -84,3 +84,17 @@ def get_tokenizer() -> tiktoken.Encoding:
         special_tokens={ENDOFTEXT: EOT_TOKEN},
         explicit_n_vocab=50257,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def bpe_vocab_and_merges() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tokens by id, merges by rank) of GPT-2's BPE as Hugging Face and llama.cpp take them:
+    tokens in the printable byte alphabet of encoder.json ("Ġthe"; <|endoftext|> is 50256),
+    merges as "first second" lines of vocab.bpe ("Ġ t"). From the same checked files."""
+    vocab_bpe, encoder_json = _bpe_files()
+    encoder = json.loads(_read_checked(encoder_json, ENCODER_JSON_SHA256))
+    tokens = sorted(encoder, key=encoder.__getitem__)
+    if [encoder[t] for t in tokens] != list(range(len(tokens))):
+        raise ValueError(f"{encoder_json}: token ids are not 0..{len(tokens) - 1}")
+    lines = _read_checked(vocab_bpe, VOCAB_BPE_SHA256).decode().split("\n")[1:]  # after "#version"
+    return tuple(tokens), tuple(line for line in lines if line)

@@ -99,9 +99,9 @@ def read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 
 def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor of a GPT with `config` (linear weights [out, in]; the
-    tied lm_head is not listed). Computed from the config alone, so a file can be checked
-    before any module is built."""
+    """Name -> shape of every tensor of a GPT with `config` (linear weights [out, in]; a
+    tied lm_head is not listed, an untied one is). Computed from the config alone, so a file
+    can be checked before any module is built."""
     C, H, V, P = config.n_embd, config.inner_dim, config.vocab_size, config.n_positions
     shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (P, C)}
     layer = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (3 * C, C), "attn.c_attn.bias": (3 * C,),
@@ -114,6 +114,8 @@ def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     shapes["transformer.ln_f.weight"] = (C,)
     if config.bias:
         shapes["transformer.ln_f.bias"] = (C,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, C)
     return shapes
 
 
@@ -179,13 +181,14 @@ def assign_weights(model, state_dict: dict[str, torch.Tensor]) -> None:
     """Make the checked tensors `model`'s parameters (no copy into a random init; `model`
     may live on the meta device), then restore the lm_head tie the assignment broke."""
     model.load_state_dict(state_dict, strict=False, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight
+    if model.config.tie_word_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight
 
 
 def state_dict_to_hf(model) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in model.state_dict().items():
-        if name == "lm_head.weight":
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
             continue  # tied; transformers re-ties it from wte
         if name.endswith(CONV1D_SUFFIXES):
             t = t.t()

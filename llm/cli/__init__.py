@@ -10,9 +10,9 @@ import sys
 
 from ..ops import BackendUnavailableError
 from ..training.lock import FolderInUseError
-from . import bench, chat, classify, demo, eval, finetune, generate, serve, train
+from . import bench, chat, classify, convert, demo, eval, export, finetune, generate, serve, train
 
-COMMANDS = (generate, demo, train, eval, finetune, classify, chat, serve, bench)
+COMMANDS = (generate, demo, train, eval, finetune, classify, chat, convert, export, serve, bench)
 
 # what a user can cause and fix: printed as one line, exit code 2
 USER_ERRORS = (ValueError, OSError, BackendUnavailableError, FolderInUseError)

@@ -10,15 +10,17 @@ import torch.nn as nn
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on Linear weights; none on biases, norms and embeddings.
 
-    The tied lm_head weight is the token embedding, so it is not decayed.
+    A tied lm_head weight is the token embedding, so it is not decayed; an untied lm_head
+    is a Linear like the others.
     """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay, seen = [], [], set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            if isinstance(module, nn.Linear) and name == "weight" and module is not getattr(model, "lm_head", None):
+            if isinstance(module, nn.Linear) and name == "weight" and id(p) not in embeddings:
                 decay.append(p)
             else:
                 no_decay.append(p)
