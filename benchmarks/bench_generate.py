@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default=None, help="comma-separated batch sizes")
     p.add_argument("--prompts", default=None, help="comma-separated prompt lengths")
     p.add_argument("--new", type=int, default=None, help="new tokens per call")
-    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--rounds", "--reps", type=int, default=None, help="interleaved rounds (default: 3, --quick 2)")
     p.add_argument("--backends", default=",".join(ENGINES), help=f"engines to run (default {','.join(ENGINES)})")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from common import RESULTS, ROOT
+from bench_interop import table as interop_table
 from llm.bench import markdown_table, read_records
 from llm.bench.generation import per_engine
 from llm.bench.suite import format_report
@@ -59,11 +60,8 @@ def _train(rec):
                           specs={"tokens_per_s": ".1f"})
 
 
-def _decode_reference(rec):
-    rows = [dict(r, engine=r["provider"]) for r in rec["rows"]]
-    cols = {"engine": "engine", "dtype": "dtype", "ms": "ms/token (whole call / 128)", "tokens_per_s": "tokens/s",
-            "vs_ref": "vs torch reference"}
-    return markdown_table(rows, list(cols), cols, align="llrrr")
+def _interop(rec):
+    return interop_table(rec["rows"])
 
 
 # view -> (results file, which records, renderer, the command that makes such a record)
@@ -77,8 +75,8 @@ VIEWS = {
                           _native_decode, "python benchmarks/bench_generate.py --batches 1 --prompts 16 --new 128"),
     "train-cpu": ("train.jsonl", lambda r: _cpu(r) and _has(r, shape="gpt2"), _train,
                   "python benchmarks/bench_train.py --rounds 3"),
-    "decode-reference-cpu": ("generate.jsonl", lambda r: _cpu(r) and _has(r, mode="generate"), _decode_reference,
-                             "python benchmarks/bench_generate.py"),
+    "interop-cpu": ("interop.jsonl", lambda r: _cpu(r) and not r["settings"]["quick"], _interop,
+                    "python benchmarks/bench_interop.py"),
 }
 
 

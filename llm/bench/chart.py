@@ -36,13 +36,18 @@ def _series(rows: list[dict], key: str, skip=()) -> tuple[list[str], list[str], 
 
 
 def _bars(ax, labels, providers, values, colors: dict, scale: float = 1.0) -> None:
-    height = 0.8 / max(len(providers), 1)
-    for i, p in enumerate(providers):
-        ys = [n + i * height for n, label in enumerate(labels) if (label, p) in values]
-        xs = [values[label, p] * scale for label in labels if (label, p) in values]
-        ax.barh(ys, xs, height=height, label=p, color=colors[p])
-    ax.set_yticks([n + 0.4 - height / 2 for n in range(len(labels))], labels, fontsize=7)
-    ax.invert_yaxis()
+    """One group of horizontal bars per case label, only the providers it has, top down."""
+    y, ticks, seen = 0.0, [], set()
+    for label in labels:
+        present = [p for p in providers if (label, p) in values]
+        ticks.append(y + 0.4 * (len(present) - 1))
+        for p in present:
+            ax.barh(y, values[label, p] * scale, height=0.8, color=colors[p], label=None if p in seen else p)
+            seen.add(p)
+            y += 0.8
+        y += 0.8  # a gap between cases
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_ylim(y - 0.8, -0.8)
     ax.grid(axis="x", alpha=0.3)
 
 
@@ -58,23 +63,25 @@ def write_chart(path: str | Path, rows: list[dict], title: str = "") -> Path:
     ceiling = _series(rows, "of_ceiling")
     names = list(dict.fromkeys(r["provider"] for r in rows))
     colors = {p: f"C{i % 10}" for i, p in enumerate(names)}  # one colour per provider in both panels
-    n = max(len(speed[0]), len(ceiling[0]), 1)
-    fig = Figure(figsize=(13, 1.2 + 0.28 * n * max(1, len(ceiling[1])) ** 0.5), dpi=100)
+    bars = max(len(speed[2]) + len(speed[0]), len(ceiling[2]) + len(ceiling[0]), 1)
+    fig = Figure(figsize=(13, 1.6 + 0.13 * bars), dpi=100)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    if speed[0]:
-        _bars(left, *speed, colors)
-        left.set_xscale("log", base=2)
-        left.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}x"))
-        left.axvline(1.0, color="black", lw=0.8)
-        left.legend(fontsize=7, loc="lower right")
+    for ax, (labels, providers, values), scale in ((left, speed, 1.0), (right, ceiling, 100.0)):
+        if labels:
+            _bars(ax, labels, providers, values, colors, scale)
+            ax.set_xscale("log", base=2)  # ratios, and fractions from a few % to beyond 100%
+            ax.legend(fontsize=7, loc="lower right")
+    left.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2g}x"))
+    left.axvline(1.0, color="black", lw=0.8)
     left.set_xlabel("speed vs the torch reference (x, > 1 is faster)")
-    if ceiling[0]:
-        _bars(right, *ceiling, colors, scale=100)
-        right.legend(fontsize=7, loc="lower right")
+    right.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
+    right.axvline(100.0, color="black", lw=0.8)
     right.set_xlabel("% of the measured ceiling (read bandwidth or matmul rate)")
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     with writing(path), atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

@@ -114,11 +114,12 @@ def environment(device="cpu", **extra) -> dict:
 
 
 def describe(env: dict) -> str:
-    """One line for a table's heading: device, CPU path, threads, versions, commit."""
+    """One line for a table's heading: device, CPU path, threads, load, versions, commit."""
     where = env.get("gpu") and f"{env['gpu']} ({env.get('capability', '')})" or env.get("cpu", "")
     native = env.get("native", {})
     isa = f", native {native['cpu_isa']}" if native.get("built") else ""
     commit = env.get("commit") or "no commit"
-    return (f"{where}{isa}, {env.get('threads')} threads, torch {env.get('torch', '?')}, "
+    load = f", 1-min load {env['load_1min']:g}" if env.get("load_1min") is not None else ""
+    return (f"{where}{isa}, {env.get('threads')} threads{load}, torch {env.get('torch', '?')}, "
             f"llm {env.get('llm', '?')} at {commit}{' (modified tree)' if env.get('dirty') else ''}, "
             f"{env.get('time', '')}")

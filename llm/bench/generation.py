@@ -107,8 +107,13 @@ def engines(model: GPT, hf, wanted=ENGINES, notes: list | None = None) -> dict:
         if backend == "native" and not cuda:
             for fmt in NATIVE_FORMATS:
                 if fmt != str(model.transformer.wte.weight.dtype).removeprefix("torch."):
-                    nbytes = int(pack_model(model, fmt).streamed_bytes())
-                    out[f"llm[native {SHORT[fmt]}]"] = (_llm_engine(model, "native", None, fmt), nbytes)
+                    name = f"llm[native {SHORT[fmt]}]"
+                    try:
+                        nbytes = int(pack_model(model, fmt).streamed_bytes())
+                    except RuntimeError as e:  # a broken build is reported, the run goes on
+                        notes.append(f"{name}: skipped (packing failed: {str(e).splitlines()[0]})")
+                        continue
+                    out[name] = (_llm_engine(model, "native", None, fmt), nbytes)
     if hf is not None and "transformers" in wanted:
         out["transformers"] = (_hf_engine(hf), dense)
     return out
@@ -149,11 +154,26 @@ def time_engines(runs: dict, ids: torch.Tensor, new: int, device, rounds: int) -
     return {name: (t[(name, 1)], t[(name, new)]) for name in runs}
 
 
+def warm_up(runs: dict, ids: torch.Tensor, new: int, notes: list) -> dict:
+    """name -> the tokens of one n-token call of each engine (also its warm-up); an engine
+    other than the reference that raises is dropped from `runs`, with a note."""
+    outputs = {}
+    for name, (run, _) in list(runs.items()):
+        try:
+            outputs[name] = run(ids, new)
+        except RuntimeError as e:
+            if name == "llm[torch]":
+                raise
+            notes.append(f"{name}: dropped ({type(e).__name__}: {str(e).splitlines()[0]})")
+            del runs[name]
+    return outputs
+
+
 def case_rows(runs: dict, ids: torch.Tensor, new: int, device, rounds: int,
-              ceilings: Ceilings | None) -> list[dict]:
+              ceilings: Ceilings | None, notes: list | None = None) -> list[dict]:
     """The prefill and decode rows of every engine on one (batch, prompt) case."""
     B, T = ids.shape
-    outputs = {name: run(ids, new) for name, (run, _) in runs.items()}  # also the warm-up
+    outputs = warm_up(runs, ids, new, [] if notes is None else notes)
     ref_out = outputs["llm[torch]"]
     times = time_engines(runs, ids, new, device, rounds)
     decode_ms = {name: max(n.median_ms - p.median_ms, 1e-6) / max(new - 1, 1) for name, (p, n) in times.items()}
@@ -194,7 +214,7 @@ def run_generation(preset: str = "quick", device="cpu", dtype=None, wanted=ENGIN
             if progress:
                 progress(f"generate B{B} T{T} +{new}")
             ids = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
-            rows += case_rows(runs, ids, new, device, rounds, ceilings)
+            rows += case_rows(runs, ids, new, device, rounds, ceilings, notes)
     for r in rows:
         r.update(dtype=str(dtype).removeprefix("torch."), model=model_preset)
     return rows

@@ -175,21 +175,25 @@ def _display(row: dict) -> dict:
 def format_report(record: dict, markdown: bool = False) -> str:
     """The run's tables (text, or markdown), headed by the machine, ceilings and notes."""
     c = record["ceilings"]
-    lines = [describe(record["env"]),
-             f"ceilings: read {c['read_gbs']:.1f} GB/s, matmul {c['matmul_tflops']:.3g} TFLOPS ({c['dtype']})"]
+    head = [describe(record["env"]),
+            f"ceilings: read {c['read_gbs']:.1f} GB/s, matmul {c['matmul_tflops']:.3g} TFLOPS ({c['dtype']})"]
+    lines = [head[0], "", head[1]] if markdown else head  # markdown: a paragraph each
     for part, cols in COLUMNS.items():
         rows = [_display(r) for r in record["rows"] if r.get("benchmark") == part]
         if not rows:
             continue
         if markdown:
-            table = markdown_table(rows, cols, TITLES, align="l" * 4 + "r" * (len(cols) - 4), float_spec=".3g")
+            align = "l" * (cols.index("ms")) + "r" * (len(cols) - cols.index("ms"))
+            lines += ["", f"**{HEADINGS[part]}**", "", markdown_table(rows, cols, TITLES, align=align, float_spec=".3g")]
         else:
-            table = text_table(rows, cols, TITLES)
-        lines += ["", f"== {HEADINGS[part]}", table]
-    failed = [ch for ch in record.get("checks", []) if ch["status"] != "ok"]
-    lines += ["", f"checks against the reference: {len(record.get('checks', [])) - len(failed)} ok, "
-                  f"{len(failed)} failed"]
-    lines += [f"note: {n}" for n in record.get("notes", [])]
+            lines += ["", f"== {HEADINGS[part]}", text_table(rows, cols, TITLES)]
+    checks = record.get("checks", [])
+    failed = [ch for ch in checks if ch["status"] != "ok"]
+    bullet = "- " if markdown else "note: "
+    lines += ["", f"checks against the reference: {len(checks) - len(failed)} ok, {len(failed)} failed"]
+    if markdown and record.get("notes"):
+        lines.append("")
+    lines += [f"{bullet}{n}" for n in record.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
