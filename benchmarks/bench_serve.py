@@ -52,9 +52,10 @@ def start_server(folder: str, threads: int, slots: int, prefill_chunk: int):
            "--threads", str(threads), "--max-batch-size", str(slots), "--max-queue", "256",
            "--prefill-chunk", str(prefill_chunk), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    deadline = time.monotonic() + 300
+    deadline, lines = time.monotonic() + 300, []
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
+        lines.append(line)
         m = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
         if m:
             threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
@@ -62,7 +63,7 @@ def start_server(folder: str, threads: int, slots: int, prefill_chunk: int):
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    raise RuntimeError(f"the server did not start: {' '.join(cmd)}")
+    raise RuntimeError(f"the server did not start: {' '.join(cmd)}\n{''.join(lines[-20:])}")
 
 
 async def stream_one(client, url: str, prompt: list[int], new_tokens: int, times: list[float]) -> None:

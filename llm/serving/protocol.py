@@ -20,6 +20,8 @@ from ..generation import resolve_config
 from .scheduler import Delta, TokenLogprob
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# the request's names of GenerationConfig's fields, where they differ
+_REQUEST_FIELD = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "stop_strings": "stop"}
 
 
 class ApiError(Exception):
@@ -65,7 +67,7 @@ class _Sampling(BaseModel):
     user: StrictStr | None = None
 
     def config(self, model, max_tokens: int):
-        """The GenerationConfig of this request (ValueError naming a bad field)."""
+        """The GenerationConfig of this request; ApiError 400 naming a bad field."""
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         if stop is not None and any(not s for s in stop):
             raise ApiError(400, "stop: stop strings must not be empty", "stop")
@@ -78,8 +80,10 @@ class _Sampling(BaseModel):
         try:
             cfg.validate(vocab_size=model.config.vocab_size, batch_size=1)
         except ValueError as e:
-            raise ApiError(400, str(e)) from e
+            field = str(e).split(" ", 1)[0]
+            raise ApiError(400, str(e), _REQUEST_FIELD.get(field, field)) from e
         return cfg
+
 
 
 class CompletionRequest(_Sampling):
