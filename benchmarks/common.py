@@ -4,33 +4,32 @@ package's `llm.bench` (it ships, so `llm bench` works from a wheel); this module
 parts for the scripts and adds the few helpers only scripts need.
 
   timing      timed, sync (llm.bench.timing; `interleaved` for candidates in rounds)
-  providers   providers (torch | triton | native, those that load here), require_cuda,
-              interpreter_refusal, set_threads
-  weights     llm_from_hf (transformers' GPT2LMHeadModel -> llm.GPT, same weights)
+  set-up      set_threads, interpreter_refusal
   records     environment, RESULTS, append_jsonl / report (the one results format,
               llm.bench.results: a JSON line per run in results/<name>.jsonl)
   output      print_rows, markdown_table
+  op scripts  op_parser, run_op_benchmark, op_benchmark_main: `llm bench --op <op>`
 
 Importing it runs nothing: no measurement, no device query, no change to sys.path.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 import torch
 
 from llm.bench import environment as _environment
-from llm.bench import make_record, markdown_table, print_rows, sync, timed, write_record
-from llm.bench.env import utc_now as utc_time
+from llm.bench import make_record, markdown_table, print_rows, suite, sync, timed, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
-__all__ = ["ROOT", "RESULTS", "append_jsonl", "environment", "interpreter_refusal", "llm_from_hf",
-           "markdown_table", "print_rows", "providers", "report", "require_cuda", "set_threads", "sync",
-           "timed", "utc_time"]
+__all__ = ["ROOT", "RESULTS", "append_jsonl", "environment", "interpreter_refusal", "markdown_table",
+           "op_benchmark_main", "op_parser", "print_rows", "report", "run_op_benchmark", "set_threads", "sync",
+           "timed"]
 
 
 # -- what can run here -------------------------------------------------------------------------
@@ -44,51 +43,11 @@ def interpreter_refusal(name: str, action: str) -> str | None:
     return None
 
 
-def require_cuda(name: str) -> bool:
-    """True when a CUDA GPU is visible and Triton compiles for it; otherwise says why."""
-    if not torch.cuda.is_available():
-        print(f"{name}: needs a CUDA GPU, and none is visible here; nothing was measured.")
-        return False
-    refusal = interpreter_refusal(name, "times compiled kernels, not the CPU interpreter")
-    if refusal:
-        print(refusal)
-        return False
-    return True
-
-
-def providers(wanted=("torch", "triton", "native")) -> dict:
-    """name -> OpTable for each provider that can run here."""
-    from llm.ops import BackendUnavailableError, get_ops
-
-    out = {}
-    for name in wanted:
-        try:
-            out[name] = get_ops(name)
-        except BackendUnavailableError as e:
-            print(f"[provider {name} skipped: {e}]")
-    return out
-
-
 def set_threads(n: int | None) -> None:
     """CPU threads for torch, and for any process started from this one."""
     if n:
         torch.set_num_threads(n)
         os.environ["OMP_NUM_THREADS"] = str(n)
-
-
-# -- weights -----------------------------------------------------------------------------------
-
-
-def llm_from_hf(hf, backend: str = "torch"):
-    """An llm.GPT holding the weights of transformers' GPT2LMHeadModel `hf` (through a
-    saved folder, the product's own loader), in hf's dtype, in eval mode."""
-    import tempfile
-
-    from llm import GPT
-
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        return GPT.from_pretrained(d, backend=backend, dtype=hf.dtype).eval()
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -125,10 +84,6 @@ def report(name: str, rows: list[dict], **fields) -> Path:
 
 def op_parser(doc: str):
     """The flags of benchmarks/bench_<op>.py: those of `llm bench` but --op."""
-    import argparse
-
-    from llm.bench import suite
-
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     parser.add_argument("--quick", action="store_true", help="a size or two (default: every size)")
@@ -143,8 +98,6 @@ def op_parser(doc: str):
 def run_op_benchmark(op: str, args) -> int:
     """`llm bench --op <op>` with the flags of `op_parser`: the table, then the record, the
     markdown tables and the chart in args.out."""
-    from llm.bench import suite
-
     plan = suite.make_plan(args.quick, [op], args.backend, args.device, args.dtype, args.threads)
     record = suite.run(plan)
     print(suite.format_report(record), end="")

@@ -45,6 +45,12 @@ def _generation(rec):
                           specs={"prefill_ms": ".1f", "tokens_per_s": ".1f"})
 
 
+def _native_decode_run(rec) -> bool:
+    """A batch-1 decode of 128 tokens with the native int8 engine and transformers."""
+    return (_has(rec, provider="llm[native int8]", mode="decode", shape="B1 T16 +128")
+            and _has(rec, provider="transformers", mode="decode", shape="B1 T16 +128"))
+
+
 def _native_decode(rec):
     rows = [dict(r, engine=r["provider"]) for r in rec["rows"] if r["mode"] == "decode" and r["shape"] == "B1 T16 +128"]
     cols = {"engine": "engine", "ms": "ms/token", "tokens_per_s": "tokens/s", "weight_MB": "weights read/token (MB)",
@@ -70,9 +76,8 @@ VIEWS = {
                         _bench_quick, "python -m llm bench --quick"),
     "generate-cpu": ("generate.jsonl", lambda r: _cpu(r) and _has(r, mode="prefill", shape="B8 T512 +128"),
                      _generation, "python benchmarks/bench_generate.py"),
-    "native-decode-cpu": ("generate.jsonl", lambda r: _cpu(r) and _has(r, provider="llm[native int8]", mode="decode",
-                                                                       shape="B1 T16 +128") and _has(r, mode="decode", provider="transformers"),
-                          _native_decode, "python benchmarks/bench_generate.py --batches 1 --prompts 16 --new 128"),
+    "native-decode-cpu": ("generate.jsonl", lambda r: _cpu(r) and _native_decode_run(r), _native_decode,
+                          "python benchmarks/bench_generate.py --batches 1 --prompts 16 --new 128"),
     "train-cpu": ("train.jsonl", lambda r: _cpu(r) and _has(r, shape="gpt2"), _train,
                   "python benchmarks/bench_train.py --rounds 3"),
     "interop-cpu": ("interop.jsonl", lambda r: _cpu(r) and not r["settings"]["quick"], _interop,

@@ -184,7 +184,8 @@ def format_report(record: dict, markdown: bool = False) -> str:
             continue
         if markdown:
             align = "l" * (cols.index("ms")) + "r" * (len(cols) - cols.index("ms"))
-            lines += ["", f"**{HEADINGS[part]}**", "", markdown_table(rows, cols, TITLES, align=align, float_spec=".3g")]
+            table = markdown_table(rows, cols, TITLES, align=align, float_spec=".3g")
+            lines += ["", f"**{HEADINGS[part]}**", "", table]
         else:
             lines += ["", f"== {HEADINGS[part]}", text_table(rows, cols, TITLES)]
     checks = record.get("checks", [])

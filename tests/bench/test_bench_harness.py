@@ -91,7 +91,10 @@ def test_every_op_case_runs_on_the_reference_in_each_mode():
 
 
 def test_a_wrong_provider_is_reported_and_not_timed():
-    wrong = reference.TORCH_OPS.replace(name="wrong", layer_norm=lambda x, w, b, eps: reference.layer_norm(x, w, b, eps) * 1.001)
+    def off_by_a_little(x, w, b, eps):
+        return reference.layer_norm(x, w, b, eps) * 1.001
+
+    wrong = reference.TORCH_OPS.replace(name="wrong", layer_norm=off_by_a_little)
     checks, notes = [], []
     usable = ops.checked_providers("layer_norm", {"torch": reference.TORCH_OPS, "wrong": wrong}, "cpu",
                                    torch.float32, checks, notes)
@@ -134,7 +137,8 @@ def test_cli_bench_prints_the_table_and_writes_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cached_attention" in out and "wrote" in out
     record = read_records(tmp_path / "bench.jsonl")[0]
-    assert record["settings"]["command"] == "python -m llm bench --quick --op cached_attention --backend native --threads 1"
+    command = record["settings"]["command"]
+    assert command == "python -m llm bench --quick --op cached_attention --backend native --threads 1"
     assert not list(tmp_path.glob("*.png"))
 
 
