@@ -5,9 +5,9 @@ benchmarks (`ops`), end-to-end generation (`generation`) and a training step
 (`training`), each filtered by op, provider and device; it prints one table per part and
 saves a record (`results`), a PNG chart (`chart`) and the tables as markdown.
 
-  quick  about a minute on a 2-core CPU: one or two sizes per op, GPT-2 124M generation of
-         32 tokens, a training step of the `small` preset; torch.compile left out (its
-         compile time alone is minutes) unless asked for with --backend compile
+  quick  sized for about a minute on 2 quiet CPU cores: one or two sizes per op, GPT-2
+         124M generating 32 tokens, a training step of the `small` preset; torch.compile
+         left out (its compile time alone is minutes) unless asked for (--backend compile)
   full   the sizes of the GPU kernels' tables, batches 1 and 8, prompts 16 and 512, 128
          new tokens, and every provider
   smoke  tiny sizes: checks that everything runs (the test suite's size)

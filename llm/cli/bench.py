@@ -10,7 +10,7 @@ from .checks import check_at_least, check_device
 def add_parser(sub):
     p = sub.add_parser("bench", help="time every path against the torch reference on this machine",
                        description=suite.__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="about a minute: a size or two per op (default: full)")
+    p.add_argument("--quick", action="store_true", help="a short run, sized for about a minute on 2 quiet CPU cores (default: the full run)")
     p.add_argument("--op", action="append", default=[], metavar="OP",
                    help=f"only these (repeat, or comma-separate): {', '.join(suite.PARTS)}")
     p.add_argument("--backend", action="append", default=[], metavar="NAME",
