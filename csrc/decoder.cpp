@@ -90,8 +90,9 @@ class GPTWeights : public torch::CustomClassHolder {
   // layer_tensors: per layer, in order, ln_1 weight, bias; c_attn weight [3C, C], bias;
   // attn c_proj weight [C, C], bias; ln_2 weight, bias; c_fc weight [H, C], bias;
   // mlp c_proj weight [C, H], bias. An absent bias is an empty tensor.
+  // lm_head: the head's weight [vocab, C] when it is not wte (an untied head); absent: wte.
   GPTWeights(int64_t n_head, double eps, at::Tensor wte, at::Tensor wpe, std::vector<at::Tensor> layer_tensors,
-             at::Tensor lnf_w, at::Tensor lnf_b, std::string format)
+             at::Tensor lnf_w, at::Tensor lnf_b, std::string format, std::optional<at::Tensor> lm_head)
       : n_head_(n_head), eps_(static_cast<float>(eps)), format_(format) {
     const char* op = "GPTWeights";
     check_cpu_tensor(wte, op, "wte");
@@ -131,7 +132,11 @@ class GPTWeights : public torch::CustomClassHolder {
     for (const at::Tensor* t : {&lnf_w_, &lnf_b_})
       LLM_CHECK(!t->defined() || t->numel() == C_, "llm.", op, ": ln_f parameters must have ", C_,
                 " elements, got ", t->numel());
-    head_ = pack(wte, at::Tensor(), vocab_, C_);
+    if (lm_head.has_value()) {
+      check_cpu_tensor(*lm_head, op, "lm_head");
+      check_float_dtype(*lm_head, op, "lm_head");
+    }
+    head_ = pack(lm_head.has_value() ? *lm_head : wte, at::Tensor(), vocab_, C_);
   }
 
   int64_t streamed_bytes() const {  // weight bytes one decode step reads
@@ -464,7 +469,10 @@ TORCH_LIBRARY_FRAGMENT(llm, m) {
                           torch::arg("key_valid") = c10::IValue(), torch::arg("rows") = c10::IValue()};
   m.class_<llm::GPTWeights>("GPTWeights")
       .def(torch::init<int64_t, double, at::Tensor, at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor,
-                       std::string>())
+                       std::string, std::optional<at::Tensor>>(),
+           "", {torch::arg("n_head"), torch::arg("eps"), torch::arg("wte"), torch::arg("wpe"),
+                torch::arg("layer_tensors"), torch::arg("lnf_w"), torch::arg("lnf_b"), torch::arg("format"),
+                torch::arg("lm_head") = c10::IValue()})
       .def("streamed_bytes", &llm::GPTWeights::streamed_bytes)
       .def("format", &llm::GPTWeights::format);
   m.class_<llm::Decoder>("Decoder")

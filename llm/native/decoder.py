@@ -1,8 +1,7 @@
 """The native backend's `Decoder`: GPT's prefill / decode_one_token run by the C++
 `llm.Decoder`, which owns a static KV cache and runs the whole model per call on packed
 weights (float32, bfloat16, or int8 with per-channel scales). CPU, float32 or bfloat16
-models with the tied lm_head (the C++ decoder reads wte as the head); anything else
-generates through the model's modules (`make_decoder` returns None).
+models; anything else generates through the model's modules (`make_decoder` returns None).
 """
 
 from __future__ import annotations
@@ -38,6 +37,6 @@ class NativeDecoder:
 
 def make_decoder(model, batch_size: int, max_seq_len: int) -> NativeDecoder | None:
     p = model.transformer.wte.weight
-    if p.device.type == "cpu" and p.dtype in _FLOAT_DTYPES and model.config.tie_word_embeddings:
+    if p.device.type == "cpu" and p.dtype in _FLOAT_DTYPES:
         return NativeDecoder(model, batch_size, max_seq_len)
     return None

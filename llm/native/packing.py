@@ -107,7 +107,8 @@ def pack_model(model, weight_format: str | None = None):
         weights = torch.classes.llm.GPTWeights(
             c.n_head, float(c.layer_norm_epsilon), tr.wte.weight.detach(), tr.wpe.weight.detach(),
             _model_tensors(model), tr.ln_f.weight.detach(),
-            torch.empty(0) if tr.ln_f.bias is None else tr.ln_f.bias.detach(), fmt)
+            torch.empty(0) if tr.ln_f.bias is None else tr.ln_f.bias.detach(), fmt,
+            None if c.tie_word_embeddings else model.lm_head.weight.detach())
     with _lock:
         _packed_models.setdefault(model, {})[fmt] = (stamp, weights)
     return weights

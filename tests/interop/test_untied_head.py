@@ -115,6 +115,8 @@ def test_every_backends_decoder_uses_the_head(backend):
     ids = torch.randint(0, 1003, (2, 7))
     with torch.no_grad():
         decoder = model.make_decoder(2, 12)
+        if backend == "native":  # the C++ decoder, with the head packed apart from wte
+            assert type(decoder).__name__ == "NativeDecoder"
         logits = decoder.prefill(ids, torch.arange(7), torch.arange(7)[None].expand(2, 7))
         ref = model.set_backend("torch")(ids)[:, -1]
         torch.testing.assert_close(logits.float(), ref, **TOL)
@@ -125,3 +127,19 @@ def test_every_backends_decoder_uses_the_head(backend):
         for _ in range(5):
             seq = torch.cat([seq, model.set_backend("torch")(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, seq)
+
+
+def test_cpp_decoder_weights_check_the_head():
+    try:
+        get_ops("native")
+    except BackendUnavailableError as e:
+        pytest.skip(f"backend native cannot run here: {e}")
+    C, V = 8, 11
+    layer = [torch.ones(C), torch.zeros(C), torch.randn(3 * C, C), torch.zeros(3 * C), torch.randn(C, C),
+             torch.zeros(C), torch.ones(C), torch.zeros(C), torch.randn(4 * C, C), torch.zeros(4 * C),
+             torch.randn(C, 4 * C), torch.zeros(C)]
+    args = (2, 1e-5, torch.randn(V, C), torch.randn(5, C), layer, torch.ones(C), torch.zeros(C), "float32")
+    with pytest.raises(RuntimeError, match=r"expected a weight of shape \[11, 8\]"):
+        torch.classes.llm.GPTWeights(*args, torch.randn(V + 1, C))
+    tied, untied = torch.classes.llm.GPTWeights(*args), torch.classes.llm.GPTWeights(*args, torch.randn(V, C))
+    assert tied.streamed_bytes() == untied.streamed_bytes()  # the same packed sizes, other values
