@@ -205,8 +205,6 @@ class GPT(nn.Module):
         input_ids = self._check_input_ids(input_ids)
         return input_ids, self._check_attention_mask(attention_mask, input_ids)
 
-    # eager under torch.compile: the range check reads values, which a graph cannot branch on
-    @torch.compiler.disable
     def _check_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor):
             input_ids = torch.as_tensor(input_ids)
@@ -225,6 +223,8 @@ class GPT(nn.Module):
                 f"sequence length {input_ids.shape[1]} exceeds n_positions={self.config.n_positions}"
             )
         input_ids = input_ids.long()
+        if torch.compiler.is_compiling():  # a graph cannot branch on values: checked in eager runs
+            return input_ids
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
