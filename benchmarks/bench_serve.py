@@ -172,7 +172,8 @@ def main():
         r["speedup"] = r["tok_s"] / base["tok_s"]
     single = next((r["itl_p50_ms"] for r in rows if r["concurrency"] == 1 and r["server"] == "batched"), None)
     notes = [f"single-request ITL p50 {single:.1f} ms" if single else "no concurrency-1 level"]
-    print("appended to", write_record(results_dir(), make_record("serve", env, rows, settings=vars(args), notes=notes)))
+    settings = dict(vars(args), command=" ".join(["python benchmarks/bench_serve.py", *sys.argv[1:]]))
+    print("appended to", write_record(results_dir(), make_record("serve", env, rows, settings=settings, notes=notes)))
     print(markdown_table(rows, ["concurrency", "server", "requests", "tok_s", "speedup", "ttft_p50_s", "ttft_p99_s",
                                 "itl_p50_ms", "itl_p99_ms", "occupancy"],
                          titles={"tok_s": "tok/s", "ttft_p50_s": "TTFT p50 (s)", "ttft_p99_s": "TTFT p99 (s)",

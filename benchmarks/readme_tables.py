@@ -70,6 +70,18 @@ def _interop(rec):
     return interop_table(rec["rows"])
 
 
+def _serve(rec):
+    cols = {"concurrency": "concurrency", "server": "server", "requests": "requests", "tok_s": "tok/s",
+            "speedup": "vs one at a time", "ttft_p50_s": "TTFT p50 s", "ttft_p99_s": "TTFT p99 s",
+            "itl_p50_ms": "ITL p50 ms", "itl_p99_ms": "ITL p99 ms", "occupancy": "rows/step"}
+    table = markdown_table(rec["rows"], list(cols), cols, align="rlrrrrrrrr",
+                           specs={"tok_s": ".1f", "itl_p50_ms": ".0f", "itl_p99_ms": ".0f", "occupancy": ".1f"})
+    s = rec["settings"]
+    return (f"{table}\n\nPrompts of {s['min_prompt']}-{s['max_prompt']} tokens, {s['new_tokens']} new tokens, "
+            f"prefill chunk {s['prefill_chunk']}; 1-min load average {rec['env'].get('load_1min', '?')} "
+            f"when the run started.")
+
+
 # view -> (results file, which records, renderer, the command that makes such a record)
 VIEWS = {
     "bench-cpu-quick": ("bench.jsonl", lambda r: _cpu(r) and r["settings"]["preset"] == "quick",
@@ -82,6 +94,10 @@ VIEWS = {
                   "python benchmarks/bench_train.py --rounds 3"),
     "interop-cpu": ("interop.jsonl", lambda r: _cpu(r) and not r["settings"]["quick"], _interop,
                     "python benchmarks/bench_interop.py"),
+    "serve-cpu": ("serve.jsonl", lambda r: _cpu(r) and r["settings"]["prefill_chunk"] == 256, _serve,
+                  "python benchmarks/bench_serve.py"),
+    "serve-cpu-chunk32": ("serve.jsonl", lambda r: _cpu(r) and r["settings"]["prefill_chunk"] == 32, _serve,
+                          "python benchmarks/bench_serve.py --levels 1 16 --prefill-chunk 32"),
 }
 
 
