@@ -27,17 +27,43 @@ const KernelTable* kernels_for(Isa isa) {
   }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LLM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LLM_CLONES
+#endif
+
+// max |x| over a row with 16 partial maxima (vectorizes); NaN when the row holds a NaN or an
+// infinity (x - x), so such a row's outputs come out NaN.
+static inline float row_amax(const float* x, int64_t K) {
+  float part[16] = {}, bad[16] = {};
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16)
+    for (int t = 0; t < 16; ++t) {
+      const float a = std::fabs(x[k + t]);
+      part[t] = a > part[t] ? a : part[t];
+      bad[t] += x[k + t] - x[k + t];
+    }
+  for (int t = 0; k < K; ++k, ++t) {
+    const float a = std::fabs(x[k]);
+    part[t] = a > part[t] ? a : part[t];
+    bad[t] += x[k] - x[k];
+  }
+  float amax = 0.0f, b = 0.0f;
+  for (int t = 0; t < 16; ++t) {
+    amax = part[t] > amax ? part[t] : amax;
+    b += bad[t];
+  }
+  return b == 0.0f ? amax : NAN;
+}
+
+LLM_CLONES
 void quantize_rows(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t kp, Isa isa, int8_t* q,
                    float* scale) {
   const uint8_t offset = static_cast<uint8_t>(kernels_for(isa)->x_offset);
   for (int64_t m = 0; m < M; ++m) {
     const float* xm = x + m * ldx;
-    float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) {
-      const float a = std::fabs(xm[k]);
-      amax = a > amax ? a : amax;
-    }
-    for (int64_t k = 0; k < K; ++k) amax = std::isnan(xm[k]) ? xm[k] : amax;  // NaN in, NaN out
+    const float amax = row_amax(xm, K);
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     uint8_t* qm = reinterpret_cast<uint8_t*>(q + m * kp);
     for (int64_t k = 0; k < K; ++k) {
@@ -71,12 +97,19 @@ RowSource row_source(const PackedView& w, const LinearInput& in, const KernelTab
   }
 }
 
-// The epilogue of one row's block of `cols` sums, in place in y, as simple loops the
+// The epilogue of one row's block of `cols` sums (fp32 ones, or exact int32 ones of int8
+// rows: those less offset x the column sums, times the row's scale), as simple loops the
 // compiler vectorizes (and compiles for AVX-512 and AVX2 too, picked by CPUID at load).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-void finish_row(float* y, int64_t cols, const float* scale, const Epilogue& e, int64_t row, int64_t n0) {
+LLM_CLONES
+void finish_row(const float* fsum, const int32_t* isum, const int32_t* colsum, uint32_t offset, float xs,
+                int64_t cols, const float* scale, const Epilogue& e, int64_t row, int64_t n0) {
+  alignas(64) float y[kTileN];
+  if (isum)  // unsigned arithmetic wraps as the vector units do
+    for (int64_t j = 0; j < cols; ++j)
+      y[j] = static_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(isum[j]) -
+                                                     offset * static_cast<uint32_t>(colsum[j]))) * xs;
+  else
+    for (int64_t j = 0; j < cols; ++j) y[j] = fsum[j];
   if (scale)
     for (int64_t j = 0; j < cols; ++j) y[j] *= scale[j];
   if (e.bias)
@@ -110,7 +143,6 @@ void linear_tiles(const PackedView& w, const LinearInput& in, int64_t M, const E
   thread_local std::vector<float> sums;  // [M][64]: fp32 sums, or int32 ones for int8
   sums.resize(static_cast<size_t>(M * kTileN));
   int32_t* isums = reinterpret_cast<int32_t*>(sums.data());
-  alignas(64) float y[kTileN];
   for (int64_t t = t0; t < t1; ++t) {
     const char* wt = static_cast<const char*>(w.data) + t * w.tile_bytes();
     const int64_t n0 = t * kTileN;
@@ -125,19 +157,10 @@ void linear_tiles(const PackedView& w, const LinearInput& in, int64_t M, const E
       }
     }
     const int32_t* colsum = integer ? int8_tile_colsums(wt, w.kp) : nullptr;
-    const uint32_t offset = static_cast<uint32_t>(kt.x_offset);
-    for (int64_t m = 0; m < M; ++m) {
-      if (integer) {  // exact int32 sums (unsigned arithmetic wraps as the vector units do)
-        const int32_t* a = isums + m * kTileN;
-        for (int64_t j = 0; j < cols; ++j)
-          y[j] = static_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(a[j]) -
-                                                         offset * static_cast<uint32_t>(colsum[j]))) *
-                 in.xq_scale[m];
-      } else {
-        std::copy_n(sums.data() + m * kTileN, cols, y);
-      }
-      finish_row(y, cols, integer ? w.scales + n0 : nullptr, e, m, n0);
-    }
+    for (int64_t m = 0; m < M; ++m)
+      finish_row(sums.data() + m * kTileN, integer ? isums + m * kTileN : nullptr, colsum,
+                 static_cast<uint32_t>(kt.x_offset), integer ? in.xq_scale[m] : 1.0f, cols,
+                 integer ? w.scales + n0 : nullptr, e, m, n0);
   }
 }
 
