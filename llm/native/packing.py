@@ -35,7 +35,11 @@ def _stamp(t: torch.Tensor):
 
 
 def _sample_checksum(t: torch.Tensor, n: int = 61) -> float:
-    flat = t.detach().reshape(-1)
+    t = t.detach()
+    # dims in memory order: a transposed weight (a view, as transformers' Conv1D gives) is
+    # then flattened as a view too, not copied on every call
+    t = t.permute(*sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    flat = t.reshape(-1)
     if flat.numel() == 0:
         return 0.0
     step = max(1, flat.numel() // n)

@@ -284,3 +284,25 @@ def test_from_transformers_untied_head_and_base_model():
     assert base.lm_head.weight is base.transformer.wte.weight
     with pytest.raises(ValueError, match="GPT2LMHeadModel or GPT2Model"):
         llm.GPT.from_transformers(GPT2ForSequenceClassification(config()))
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_weight_changes_after_patching_are_seen(backend):
+    """Inference reuses one transposed view per weight (native packs it once): an optimizer
+    step and a load_state_dict on the patched model must both reach the next forward."""
+    a, b = pair(backend=backend_or_skip(backend))
+    ids = torch.randint(0, 1003, (2, 9))
+    with torch.inference_mode():
+        b(ids)  # views made, weights packed
+    for model in (a, b):
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        model.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(b(ids).logits, a(ids).logits, **TOL)
+    fresh = GPT2LMHeadModel(config()).eval()
+    b.load_state_dict(fresh.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(b(ids).logits, fresh(ids).logits, **TOL)
