@@ -78,12 +78,12 @@ def bf16_is_emulated(device: str | torch.device = "cpu") -> bool:
     return torch.device(device).type == "cpu" and not has_bf16_arithmetic()
 
 
-def warn_if_bf16_emulated(what: str, device: str | torch.device = "cpu") -> bool:
-    """Warn (once per message) that `what` runs bf16 matmuls this CPU emulates; True if it did."""
+def warn_if_bf16_emulated(what: str, device: str | torch.device = "cpu", advice: str = "use float32") -> bool:
+    """Warn (once per call site) that `what` runs bf16 matmuls this CPU emulates; True if it did."""
     if not bf16_is_emulated(device):
         return False
-    warnings.warn(f"{what} in bfloat16 on a CPU without bf16 arithmetic (no AVX512_BF16, AMX or ARM BF16): "
-                  f"torch emulates bf16 matmuls here, typically 10-25x slower than float32; use float32",
+    warnings.warn(f"{what}: this CPU has no bf16 arithmetic (no AVX512_BF16, AMX or ARM BF16), so torch "
+                  f"emulates bf16 matmuls here, typically 10-25x slower than float32; {advice}",
                   RuntimeWarning, stacklevel=3)
     return True
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..cpu import set_threads
 from ..generation import encode_prompts
 from ..model import GPT
 from ..tokenizer import get_tokenizer
@@ -50,6 +51,8 @@ def add_parser(sub):
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, do not capture the decode step")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: $LLM_NUM_THREADS, else one per core)")
     return p
 
 
@@ -90,6 +93,7 @@ def run(args) -> int:
     check_at_least("--batch-size", args.batch_size, 1)
     check_at_least("--max-new-tokens", args.max_new_tokens, 0)
     check_device(args.device)
+    set_threads(args.threads)
     prompts = read_prompts(args.batch_file) if args.batch_file else [args.prompt]
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = GPT.from_pretrained(args.model, backend=args.backend, dtype=dtype, device=args.device)

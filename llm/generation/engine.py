@@ -28,6 +28,7 @@ from typing import Iterator
 
 import torch
 
+from ..cpu import warn_if_bf16_emulated
 from .config import GenerationConfig
 from .cuda_graph import StaticStep
 from .sampling import Penalties, next_tokens
@@ -142,6 +143,9 @@ class Engine:
 
     def _prefill(self):
         b, T = self.batch, self.batch.T
+        if self.model.transformer.wte.weight.dtype == torch.bfloat16 and self.model.backend != "native":
+            warn_if_bf16_emulated("generating with bfloat16 weights through torch's matmuls", self.device,
+                                  "use float32, or backend='native' (its kernels widen bf16 weights themselves)")
         if not self.use_cache:
             return self.model.last_token_logits(b.out[:, :T], b.positions[:, :T], b.key_valid(T))
         self.decoder = self.model.make_decoder(b.out.shape[0], b.total)

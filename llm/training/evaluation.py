@@ -6,18 +6,24 @@ from contextlib import nullcontext
 
 import torch
 
+from ..cpu import auto_dtype, warn_if_bf16_emulated
 from ..model import GPT
 from .config import DTYPES
 from .data import WindowDataset
 
 
 def autocast_context(device: str, dtype: str):
-    """The autocast a `dtype` setting asks for on `device` (none for float32)."""
+    """The autocast a `dtype` setting asks for on `device` (none for float32; 'auto' is
+    bfloat16 where the device does bf16 arithmetic, else float32). bfloat16 on a CPU that
+    would emulate it warns first (llm.cpu)."""
+    if dtype == "auto":
+        dtype = auto_dtype(device)
     if DTYPES[dtype] is None:
         return nullcontext()
     device_type = torch.device(device).type
     if device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("bfloat16 autocast is not supported on this CUDA device; use dtype='float32'")
+    warn_if_bf16_emulated("bfloat16 autocast", device, "use dtype='float32' (or 'auto')")
     return torch.autocast(device_type=device_type, dtype=getattr(torch, DTYPES[dtype]))
 
 
