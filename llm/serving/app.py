@@ -31,8 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..tokenizer import get_tokenizer
 from .metrics import Metrics
 from .protocol import (COMPLETIONS_DEFAULT_MAX_TOKENS, ApiError, ChatRequest, ChoiceText, CompletionRequest,
-                       TokenText, chat_logprobs, check_lengths, completion_logprobs, completion_prompts,
-                       envelope, new_id, usage)
+                       TokenText, check_lengths, completion_prompts)
 from .routes import add_routes
 from .scheduler import Failed, Finished, Job, QueueFullError, Scheduler, ShuttingDownError
 from .templates import PromptTemplate
