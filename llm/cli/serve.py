@@ -43,7 +43,7 @@ def add_parser(sub):
 
 
 def _check(args) -> None:
-    for flag, value, lo in (("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 0),
+    for flag, value, lo in (("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 1),
                             ("--prefill-chunk", args.prefill_chunk, 1), ("--port", args.port, 0)):
         if value < lo:
             raise ValueError(f"{flag} must be >= {lo}, got {value}")

@@ -160,7 +160,7 @@ class Scheduler:
 
     def __init__(self, model, tokenizer, max_batch_size: int = 16, max_queue: int = 64,
                  prefill_chunk: int = 256, prefix_cache: bool = True, metrics: Metrics | None = None):
-        for name, v, lo in (("max_batch_size", max_batch_size, 1), ("max_queue", max_queue, 0),
+        for name, v, lo in (("max_batch_size", max_batch_size, 1), ("max_queue", max_queue, 1),
                             ("prefill_chunk", prefill_chunk, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")

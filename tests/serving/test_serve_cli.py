@@ -69,3 +69,5 @@ def test_command_errors(tmp_path, capsys):
     assert "model folder not found" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path), "--max-batch-size", "0"]) == 2
     assert "--max-batch-size must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path), "--max-queue", "0"]) == 2
+    assert "--max-queue must be >= 1, got 0" in capsys.readouterr().err
