@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,8 @@ def main():
         r["ppl_vs_fp32"] = r["perplexity"] / base - 1
     record = make_record("native_quality", environment("cpu", isa=native.cpu_isa()), rows,
                          settings=dict(model=args.model, windows=n, context=args.context, val_fraction=args.val_fraction,
-                                       logits_max=scale))
+                                       logits_max=scale, command=" ".join(["python benchmarks/bench_native_quality.py",
+                                                                           *sys.argv[1:]])))
     path = write_record(RESULTS, record)
     print(f"{n} windows of {args.context} tokens, logits up to {scale:.2f} in magnitude, ISA {native.cpu_isa()}")
     print(markdown_table(rows, ["engine", "perplexity", "ppl_vs_fp32", "max_abs_err", "rel_err", "same_argmax"],

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import sys
 from pathlib import Path
 
 from common import RESULTS, ROOT
+from bench_cpu_isa import family_table
 from bench_interop import table as interop_table
 from llm.bench import markdown_table, read_records
 from llm.bench.generation import per_engine
@@ -70,6 +72,29 @@ def _interop(rec):
     return interop_table(rec["rows"])
 
 
+def _cpu_isa(fam: str):
+    def table(rec):
+        s, rows = rec["settings"], rec["rows"]
+        reads = {r["format"]: r["read_GBps"] for r in rows if r["case"] == "decode B1" and "read_GBps" in r}
+        mm = statistics.median(r["matmul_GFLOPs"] for r in rows)
+        held = ", ".join(f"{k}={v}" for k, v in s.get("held_to", {}).items()) or "none"
+        return (f"{family_table(rows, fam)}\n\nIn the same rounds: reading the weights' bytes "
+                + ", ".join(f"{f}: {v:.1f} GB/s" for f, v in reads.items())
+                + f"; fp32 matmul {mm:.0f} GFLOP/s (libraries held to: {held}). Median of {s['rounds']} "
+                f"interleaved rounds; 1-min load average {rec['env'].get('load_1min', '?')} at the start.")
+    return table
+
+
+def _native_quality(rec):
+    cols = {"engine": "engine", "perplexity": "perplexity", "ppl_vs_fp32": "vs fp32", "max_abs_err": "max logit error",
+            "same_argmax": "same top-1"}
+    s = rec["settings"]
+    return (markdown_table(rec["rows"], list(cols), cols, align="lrrrr",
+                           specs={"ppl_vs_fp32": "+.3%", "max_abs_err": ".4f", "same_argmax": ".2%"})
+            + f"\n\n{s['windows']} held-out windows of {s['context']} tokens; logits up to "
+              f"{s['logits_max']:.1f} in magnitude.")
+
+
 def _serve(rec):
     cols = {"concurrency": "concurrency", "server": "server", "requests": "requests", "tok_s": "tok/s",
             "speedup": "vs one at a time", "ttft_p50_s": "TTFT p50 s", "ttft_p99_s": "TTFT p99 s",
@@ -94,6 +119,12 @@ VIEWS = {
                   "python benchmarks/bench_train.py --rounds 3"),
     "interop-cpu": ("interop.jsonl", lambda r: _cpu(r) and not r["settings"]["quick"], _interop,
                     "python benchmarks/bench_interop.py"),
+    "cpu-isa-avx2": ("cpu_isa.jsonl", lambda r: _has(r, isa="avx2"), _cpu_isa("avx2"),
+                     "python benchmarks/bench_cpu_isa.py"),
+    "cpu-isa-avx512": ("cpu_isa.jsonl", lambda r: _has(r, isa="avx512_bf16"), _cpu_isa("avx512"),
+                       "python benchmarks/bench_cpu_isa.py"),
+    "native-quality": ("native_quality.jsonl", lambda r: True, _native_quality,
+                       "python benchmarks/bench_native_quality.py --model runs/demo"),
     "serve-cpu": ("serve.jsonl", lambda r: _cpu(r) and r["settings"]["prefill_chunk"] == 256, _serve,
                   "python benchmarks/bench_serve.py"),
     "serve-cpu-chunk32": ("serve.jsonl", lambda r: _cpu(r) and r["settings"]["prefill_chunk"] == 32, _serve,
