@@ -1,12 +1,16 @@
 """`llm train`: pretrain a GPT on a text dataset.
 
 The setting flags are made from `TrainConfig`'s fields: `--batch-size` for `batch_size`,
-with the field's type and help text. A flag left out is None, "not given": `train` then
-uses the dataclass default, or on `--resume` the checkpoint's setting.
+with the field's type and help text (a bool field gives `--compile` / `--no-compile`). A flag
+left out is None, "not given": `train` then uses the dataclass default, or on `--resume` the
+checkpoint's setting. The same command runs under torchrun (`llm.training.distributed`):
+
+    torchrun --nproc_per_node 2 -m llm train --data corpus.txt --out runs/ddp --parallel ddp
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import sys
@@ -14,32 +18,40 @@ import typing
 
 from .. import training
 from ..training import CheckpointError, NonFiniteLossError, TrainingInterrupted
-from ..training.config import TrainConfig
+from ..training.config import ParallelSettings, TrainConfig
+from ..training.distributed import DistributedError, launch_env
 
 FLAG_TYPES = (int, float, str)
 
 
 def flag_type(annotation) -> type:
-    """int for `int` and for `int | None`; likewise float and str."""
+    """int for `int` and for `int | None`; likewise float, str and bool."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    if len(args) != 1 or args[0] not in FLAG_TYPES:
+    if len(args) != 1 or args[0] not in FLAG_TYPES + (bool,):
         raise TypeError(f"no command-line flag for a setting of type {annotation!r}")
     return args[0]
 
 
-def add_setting_flags(parser, config_class=TrainConfig) -> None:
-    """One flag per field of `config_class`, default None (not given)."""
+def add_setting_flags(parser, config_class=TrainConfig, skip=()) -> None:
+    """One flag per field of `config_class` (but those named in `skip`), default None (not
+    given); a bool field gives --name and --no-name."""
     hints = typing.get_type_hints(config_class)
     for f in dataclasses.fields(config_class):
+        if f.name in skip:
+            continue
         help_text = f.metadata["help"]
         if f.default is not None:
             help_text += f" (default {f.default})"
+        kind = flag_type(hints[f.name])
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+        if kind is bool:
+            extra["action"] = argparse.BooleanOptionalAction  # --x / --no-x
+        else:
+            extra["type"] = kind
         # default None, not the field's: a resumed run must tell "not given" from "given";
         # help is %-formatted by argparse, so a literal % is doubled
         parser.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()),
-                            dest=f.name, type=flag_type(hints[f.name]), default=None,
-                            help=help_text.replace("%", "%%"), **extra)
+                            dest=f.name, default=None, help=help_text.replace("%", "%%"), **extra)
 
 
 def given_settings(args, config_class=TrainConfig) -> dict:
@@ -57,7 +69,9 @@ def add_parser(sub):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", default=None, help="model preset (default 'small'): small, tiny, gpt2, ...")
     g.add_argument("--config", default=None, help="model config.json (Hugging Face GPT-2 format)")
-    add_setting_flags(p.add_argument_group("training settings"))
+    scale = [f.name for f in dataclasses.fields(ParallelSettings)]
+    add_setting_flags(p.add_argument_group("training settings"), skip=scale)
+    add_setting_flags(p.add_argument_group("compiled and distributed training (torchrun)"), ParallelSettings)
     p.add_argument("--backend", default=None,
                    help="op backend: torch, triton, native or auto (may change on --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -76,11 +90,15 @@ def run(args) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except TrainingInterrupted as e:
         where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint could be written"
-        print(f"\ninterrupted at step {e.step}; {where}; continue with --resume", file=sys.stderr)
+        if launch_env().is_main:
+            print(f"\ninterrupted at step {e.step}; {where}; continue with --resume", file=sys.stderr)
         return 130
-    if result.final_val_loss is not None:
+    if result.final_val_loss is not None and launch_env().is_main:  # under torchrun: rank 0 alone
         val = result.final_val_loss
         print(f"final validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f} "
               f"(step {result.step})")

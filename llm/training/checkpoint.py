@@ -7,6 +7,12 @@ fsynced, then renamed over its name (and the folder fsynced): a failed write (a 
 leaves the previous checkpoints and no temporary file; a crash mid-write leaves a stray
 temporary file, never a half-written `ckpt-*.pt`. The newest `keep` checkpoints are kept.
 
+A sharded checkpoint (`llm.training.run_state`) is a folder `ckpt-<step>.dcp` instead:
+torch.distributed.checkpoint's files (the model and optimizer, each rank's shards) and
+`train_state.pt` (the rest, as above); it too is written under a temporary name and renamed
+into place whole. `load_checkpoint` of such a folder returns the train state, with
+"sharded" set to the folder.
+
 A temporary file's name carries the writer's host and PID
 (`.ckpt-<step>.pt.<host>.<pid>.<random>.tmp`): pruning deletes only those of processes of
 this host that no longer run, never a file another process is writing.
@@ -17,6 +23,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -28,27 +35,29 @@ from ..fileio import file_mode, fsync_dir, writing
 
 CHECKPOINT_FORMAT = "llm-train-checkpoint"
 CHECKPOINT_VERSION = 1
-_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
-_TEMP = re.compile(r"^\.ckpt-\d+\.pt\.(?P<host>[^.]*)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+_NAME = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")
+_TEMP = re.compile(r"^\.ckpt-\d+\.(pt|dcp)\.(?P<host>[^.]*)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+TRAIN_STATE = "train_state.pt"  # in a sharded checkpoint's folder
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not one of ours."""
 
 
-def checkpoint_name(step: int) -> str:
-    return f"ckpt-{step:08d}.pt"
+def checkpoint_name(step: int, sharded: bool = False) -> str:
+    return f"ckpt-{step:08d}.{'dcp' if sharded else 'pt'}"
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, path) of the checkpoints in `folder`, oldest first; temporary files excluded."""
+    """(step, path) of the checkpoints in `folder` (files and sharded folders), oldest first;
+    temporary ones excluded."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     found = []
     for p in folder.iterdir():
         m = _NAME.match(p.name)
-        if m and p.is_file():
+        if m and (p.is_file() if m.group(2) == "pt" else (p / TRAIN_STATE).is_file()):
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -65,8 +74,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     try:
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}.{os.getpid()}.",
-                                       suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
             with open(fd, "wb") as fh:
                 torch.save(state, fh)
                 fh.flush()
@@ -84,9 +92,17 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def temp_prefix(path: Path) -> str:
+    """The start of the name of a temporary file or folder that becomes `path`."""
+    return f".{path.name}.{_host()}.{os.getpid()}."
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint with weights_only=True; a clear CheckpointError when it cannot."""
+    """Read a checkpoint with weights_only=True; a clear CheckpointError when it cannot.
+    Of a sharded checkpoint's folder: the train state, with "sharded" = the folder."""
     path = Path(path)
+    if path.is_dir() and path.suffix == ".dcp":
+        return {**load_checkpoint(path / TRAIN_STATE, map_location), "sharded": path}
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -107,11 +123,19 @@ def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:
     that died (this host's processes that no longer run)."""
     folder = Path(folder)
     for _, p in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        p.unlink(missing_ok=True)
+        remove_checkpoint(p)
     for p in folder.glob(".ckpt-*.tmp"):
         m = _TEMP.match(p.name)
         if m and m["host"] == _host() and not _process_runs(int(m["pid"])):
-            p.unlink(missing_ok=True)
+            remove_checkpoint(p)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint file or a sharded checkpoint's folder."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _host() -> str:

@@ -1,7 +1,9 @@
 """The settings of a training run: `TrainConfig`, the one place each setting is defined.
 
 Every field carries its help text in `metadata["help"]`, from which `llm train` derives its
-command-line flags (`--batch-size` for `batch_size`, ...).
+command-line flags (`--batch-size` for `batch_size`, ...; a bool field gives `--x/--no-x`).
+`ParallelSettings` holds how a run is executed (torch.compile, torchrun's processes); a
+settings class without them (fine-tuning's) runs eagerly in one process.
 """
 
 from __future__ import annotations
@@ -39,8 +41,52 @@ def setting(default, help_text: str, **metadata):
     return field(default=default, metadata={"help": help_text, **metadata})
 
 
+PARALLEL_CHOICES = ("none", "ddp", "fsdp")
+CHECKPOINT_FORMATS = ("consolidated", "sharded")
+MIXED_PRECISION = ("none", "bf16", "bf16-fp32-reduce")
+
+
 @dataclass
-class TrainConfig:
+class ParallelSettings:
+    """How a run executes: compiled or eager, and across the processes torchrun starts
+    (`llm.training.distributed`). None of them changes the math beyond float rounding,
+    except `mixed_precision`."""
+
+    compile: bool | None = setting(
+        None, "compile the training step with torch.compile (--no-compile: eager); default: on when the "
+        "run trains enough tokens to repay the compile time (docs/distributed.md)")
+    parallel: str | None = setting(
+        None, "under torchrun: ddp (a replica per process, gradients all-reduced) or fsdp (FSDP2: "
+        "parameters, gradients and optimizer state sharded); default ddp when WORLD_SIZE > 1",
+        choices=PARALLEL_CHOICES)
+    checkpoint_format: str = setting(
+        "consolidated", "consolidated: one ckpt-<step>.pt written by rank 0; sharded: a ckpt-<step>.dcp "
+        "folder each rank writes its part of (torch.distributed.checkpoint); both resume at any world size",
+        choices=CHECKPOINT_FORMATS)
+    mixed_precision: str = setting(
+        "none", "with fsdp: bf16 parameters and compute, gradients reduced in bf16 (bf16) or fp32 "
+        "(bf16-fp32-reduce); the sharded weights and the optimizer stay float32", choices=MIXED_PRECISION)
+    activation_checkpointing: bool = setting(
+        False, "recompute each block's activations in the backward pass instead of keeping them")
+    dist_timeout: float = setting(
+        600.0, "seconds a process waits for the others before the run stops with an error")
+
+    def __post_init__(self):
+        for name, choices in (("parallel", PARALLEL_CHOICES), ("checkpoint_format", CHECKPOINT_FORMATS),
+                              ("mixed_precision", MIXED_PRECISION)):
+            v = getattr(self, name)
+            if v not in choices and not (name == "parallel" and v is None):
+                raise ValueError(f"{name} must be one of {choices}, got {v!r}")
+        for name in ("compile", "activation_checkpointing"):
+            v = getattr(self, name)
+            if not (isinstance(v, bool) or (name == "compile" and v is None)):
+                raise ValueError(f"{name} must be True or False, got {v!r}")
+        if not (isinstance(self.dist_timeout, (int, float)) and 0 < self.dist_timeout < math.inf):
+            raise ValueError(f"dist_timeout must be a positive number of seconds, got {self.dist_timeout!r}")
+
+
+@dataclass
+class TrainConfig(ParallelSettings):
     """Settings of a training run (everything but the model's shape and the data).
 
     A None default is filled in by `resolved` from the model and the other settings.
@@ -71,6 +117,7 @@ class TrainConfig:
     device: str = setting("cpu", "cpu or cuda")
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "keep_checkpoints"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -115,8 +162,15 @@ class TrainConfig:
 
 # Settings that may differ when a run is resumed. None changes a loss already in the history:
 # `steps` moves the end of the cosine decay (warmup stays as resolved at the start),
-# `eval_every` only which steps are validated, `device` (like `train`'s `backend` argument)
-# only the float rounding of the same math. `eval_batches` is not here: it changes what a
-# validation loss measures, so one history would mix two estimates.
+# `eval_every` only which steps are validated, `device` (like `train`'s `backend` argument),
+# `compile` and `parallel` only the float rounding of the same math. `eval_batches` is not
+# here: it changes what a validation loss measures, so one history would mix two estimates.
+# `batch_size` and `grad_accum` may change together with the number of processes as long as
+# the global batch stays (`llm.training.plan`).
 RESUME_MAY_CHANGE = {"steps", "device", "eval_every", "checkpoint_every", "keep_checkpoints",
-                     "max_seconds"}
+                     "max_seconds", "compile", "parallel", "checkpoint_format", "activation_checkpointing",
+                     "dist_timeout"}
+
+# Settings a resumed run does not take from its checkpoint: they are chosen per invocation
+# (None: the default for this invocation's machine and processes).
+PER_INVOCATION = ("max_seconds", "compile", "parallel")

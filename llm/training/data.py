@@ -254,14 +254,23 @@ class ResumableSampler(Sampler[int]):
     Sample number p (counting from 0 over the whole run) is window
     `perm(p // n)[p % n]`, where perm(e) depends only on seed and e; `start` is the number
     of samples already consumed, so a resumed run continues at the exact sample.
+
+    One rank of `world` processes takes every world-th block of `block` samples from
+    `start` on, beginning with its `rank`-th: with block = the micro-batch size, rank r's
+    k-th micro-batch is micro-batch k * world + r of the one-process stream, so the ranks
+    together see every sample once and none twice.
     """
 
-    def __init__(self, n: int, seed: int = 0, start: int = 0, shuffle: bool = True):
+    def __init__(self, n: int, seed: int = 0, start: int = 0, shuffle: bool = True, rank: int = 0,
+                 world: int = 1, block: int = 1):
         if n < 1:
             raise ValueError("ResumableSampler needs at least one item")
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
+        if not (0 <= rank < world and block >= 1):
+            raise ValueError(f"need 0 <= rank < world and block >= 1, got rank {rank}, world {world}, block {block}")
         self.n, self.seed, self.start, self.shuffle = n, seed, start, shuffle
+        self.rank, self.world, self.block = rank, world, block
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
@@ -271,19 +280,24 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self):
         epoch, offset = divmod(self.start, self.n)
+        p, span = 0, self.block * self.world  # p: samples from `start` on
         while True:
             perm = self.permutation(epoch).tolist()
             for i in perm[offset:]:
-                yield i
+                if self.world == 1 or (p % span) // self.block == self.rank:
+                    yield i
+                p += 1
             epoch, offset = epoch + 1, 0
 
 
 def make_loader(dataset: WindowDataset, batch_size: int, seed: int = 0, start: int = 0,
-                shuffle: bool = True) -> DataLoader:
-    """Endless batches (inputs [B, T], targets [B, T]) starting at sample `start`."""
+                shuffle: bool = True, rank: int = 0, world: int = 1) -> DataLoader:
+    """Endless batches (inputs [B, T], targets [B, T]) starting at sample `start`; of them,
+    rank `rank` of `world` processes gets batches rank, rank + world, ... (ResumableSampler)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    sampler = ResumableSampler(len(dataset), seed=seed, start=start, shuffle=shuffle)
+    sampler = ResumableSampler(len(dataset), seed=seed, start=start, shuffle=shuffle, rank=rank, world=world,
+                               block=batch_size)
     # Its own generator: a DataLoader iterator draws a base seed, which must not move the
     # global RNG (dropout's), or a resumed run would diverge from an uninterrupted one.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import GPTConfig
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from .config import RESUME_MAY_CHANGE, TrainConfig, check_device
+from .config import PER_INVOCATION, RESUME_MAY_CHANGE, TrainConfig, check_device
 from .data import TokenData, WindowDataset, load_tokens, split_tokens
 
 
@@ -39,9 +39,11 @@ def model_config_for(preset, config) -> GPTConfig:
     return GPTConfig.from_preset(preset or "small")
 
 
-def plan_run(ckpt_dir: Path, preset, config, resume: bool, overwrite: bool, settings: dict) -> RunPlan:
-    """The model and resolved settings of a run into `ckpt_dir`'s folder (see `train`)."""
-    plan = plan_settings(ckpt_dir, resume, overwrite, settings)
+def plan_run(ckpt_dir: Path, preset, config, resume: bool, overwrite: bool, settings: dict,
+             world_size: int = 1) -> RunPlan:
+    """The model and resolved settings of a run into `ckpt_dir`'s folder (see `train`), run
+    by `world_size` processes."""
+    plan = plan_settings(ckpt_dir, resume, overwrite, settings, world_size=world_size)
     if resume:
         plan.model_config = _resumed_model_config(plan, preset, config)
         if plan.cfg.steps < plan.state["step"]:
@@ -58,12 +60,14 @@ def plan_run(ckpt_dir: Path, preset, config, resume: bool, overwrite: bool, sett
 
 
 def plan_settings(ckpt_dir: Path, resume: bool, overwrite: bool, settings: dict, config_class=TrainConfig,
-                  may_change=RESUME_MAY_CHANGE) -> RunPlan:
+                  may_change=RESUME_MAY_CHANGE, world_size: int = 1) -> RunPlan:
     """The unresolved settings of a run into `ckpt_dir`'s folder (model_config left None).
 
     Fresh: `settings` (None: not given) over `config_class`'s defaults; a folder holding
     checkpoints is an error unless `overwrite` (they are listed as stale). Resumed: the
-    newest checkpoint's settings, of which only the `may_change` ones may be given otherwise.
+    newest checkpoint's settings, of which only the `may_change` ones may be given otherwise,
+    and `batch_size` / `grad_accum` so that the global batch stays (`rebatched`) when
+    `world_size` processes continue a run of another number.
     """
     names = [f.name for f in dataclasses.fields(config_class)]
     unknown = set(settings) - set(names)
@@ -80,14 +84,40 @@ def plan_settings(ckpt_dir: Path, resume: bool, overwrite: bool, settings: dict,
         return RunPlan(None, config_class(**given), stale=stale)
     state, state_path = newest_checkpoint(ckpt_dir)
     try:
-        saved = config_class(**{**state["train_config"], "max_seconds": None})  # per invocation
+        saved = config_class(**{**state["train_config"], **{k: None for k in PER_INVOCATION if k in names}})
     except TypeError as e:
         raise CheckpointError(f"{state_path} holds the settings of another kind of run ({e})") from None
+    resized = rebatched(saved, given, state.get("world_size", 1), world_size, state_path)
     for k, v in given.items():
-        if k not in may_change and v != getattr(saved, k):
+        if k not in may_change and k not in resized and v != getattr(saved, k):
             raise ValueError(f"cannot resume with {k}={v!r}: {state_path} was trained with "
                              f"{k}={getattr(saved, k)!r}")
-    return RunPlan(None, dataclasses.replace(saved, **given), state, state_path)
+    return RunPlan(None, dataclasses.replace(saved, **{**given, **resized}), state, state_path)
+
+
+def rebatched(saved, given: dict, saved_world: int, world: int, state_path: Path) -> dict:
+    """{} when `world` processes continue a run of as many; else the `batch_size` and
+    `grad_accum` with which they take the same global batch per optimizer step (batch_size x
+    grad_accum x processes windows: the gradient is their mean however they are split). Given
+    values must keep it; else grad_accum is rescaled, or failing that batch_size."""
+    if world == saved_world:
+        return {}
+    total = saved.batch_size * saved.grad_accum * saved_world
+    batch = given.get("batch_size", saved.batch_size)
+    if "grad_accum" in given:
+        accum = given["grad_accum"]
+    elif total % (batch * world) == 0:
+        accum = total // (batch * world)
+    else:
+        accum = saved.grad_accum
+        if "batch_size" not in given and total % (accum * world) == 0:
+            batch = total // (accum * world)
+    if batch * accum * world != total:
+        raise ValueError(
+            f"cannot resume {state_path} with {world} process(es): it was trained with a global batch of "
+            f"{total} windows (batch_size {saved.batch_size} x grad_accum {saved.grad_accum} x {saved_world} "
+            f"process(es)); give --batch-size and --grad-accum with batch_size x grad_accum x {world} = {total}")
+    return {"batch_size": batch, "grad_accum": accum}
 
 
 def _resumed_model_config(plan: RunPlan, preset, config) -> GPTConfig:

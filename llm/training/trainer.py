@@ -12,6 +12,10 @@ Resuming loads the newest checkpoint and continues so that every later loss, tra
 validation, equals the one an uninterrupted run computes. Seeded: the same settings give the
 same losses on CPU.
 
+Under torchrun the same call runs in every process (`llm.training.distributed`: DDP or
+FSDP2, each rank a share of every step's batch, rank 0 alone printing and writing), and
+`compile` runs the loss through torch.compile.
+
 The loop itself is `fit(job, plan, out_dir)`: a `Job` names what is trained (the model, with
 its frozen parameters already frozen), the loss of a batch, the batches, validation and the
 final save; the loop owns the rest. Pretraining (`train`, via `pretraining_job`) and
@@ -35,13 +39,14 @@ import torch.nn as nn
 
 from ..fileio import writing
 from ..model import GPT
-from .checkpoint import checkpoint_name, prune_checkpoints, rng_state, save_checkpoint, set_rng_state
+from . import distributed
+from .checkpoint import checkpoint_name, prune_checkpoints, remove_checkpoint, rng_state, set_rng_state
 from .data import TokenData, WindowDataset, make_loader
 from .evaluation import autocast_context, evaluate
-from .lock import run_lock
 from .optim import lr_factor, param_groups
 from .plan import RunPlan, load_data, plan_run
 from .progress import logger, progress_bar, write_loss_plot
+from .run_state import RunState
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,13 +106,16 @@ class Job:
     # what a checkpoint holds of the model and how it comes back (default: the whole state dict)
     state_dict: Callable[[], dict] | None = None
     load_state_dict: Callable[[dict], Any] | None = None
+    # rank r of n processes' micro-batches from sample `start`: (start, r, n) -> micro-batches
+    # r, r + n, ... of `batches(start)`; None: taken from `batches` (which then reads them all)
+    rank_batches: Callable[[int, int, int], Iterator] | None = None
 
 
 class _StopRequest:
     """First Ctrl-C asks the loop to stop at the next step boundary; a second one raises."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, quiet: bool = False):
+        self.requested, self.quiet = False, quiet
         self._previous = None
 
     def __enter__(self):
@@ -119,8 +127,9 @@ class _StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint "
-              "(press again to stop at once)", file=sys.stderr, flush=True)
+        if not self.quiet:
+            print("\nCtrl-C: stopping after this step and saving a checkpoint "
+                  "(press again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -152,16 +161,25 @@ def train(data, out_dir, *, preset: str | None = None, config=None, backend: str
     life (`llm.training.lock`), and a second run into the folder fails at once with
     FolderInUseError, touching nothing of the first.
 
+    Under torchrun (or in a process group the caller made) every process calls this alike:
+    `parallel` (ddp, fsdp) says how they share the work, `batch_size` is per process (the
+    global batch is batch_size x grad_accum x processes), and a resume may use another
+    number of processes (`llm.training.plan.rebatched`). DistributedError when the processes
+    lose each other (one failed or stalled longer than `dist_timeout`).
+
     Raises NonFiniteLossError on a NaN/inf loss (the last good checkpoint is kept),
     TrainingInterrupted on Ctrl-C (after saving a checkpoint), and OSError "cannot write
     <path>: <cause>" when a file cannot be written (on a full disk the previous checkpoints
     stay, with no temporary file beside them).
     """
     out_dir = checked_out_dir(out_dir)
-    with run_lock(out_dir):  # before reading the folder: what the plan reads stays as read
-        plan = plan_run(out_dir / "checkpoints", preset, config, resume, overwrite, settings)
-        tokens, train_ds, val_ds = load_data(data, plan)
-        return fit(pretraining_job(plan, tokens, train_ds, val_ds, backend), plan, out_dir, progress, callback)
+    world = distributed.launch_env()
+    with distributed.main_rank_lock(out_dir, world):  # before reading the folder: what the plan reads stays
+        plan = plan_run(out_dir / "checkpoints", preset, config, resume, overwrite, settings, world.size)
+        with distributed.process_group(plan.cfg.device, plan.cfg, world):
+            tokens, train_ds, val_ds = load_data(data, plan)
+            job = pretraining_job(plan, tokens, train_ds, val_ds, backend)
+            return fit(job, plan, out_dir, progress, callback)
 
 
 def checked_out_dir(out_dir) -> Path:
@@ -187,16 +205,22 @@ def pretraining_job(plan: RunPlan, tokens: TokenData, train_ds: WindowDataset, v
         val = evaluate(model, val_ds, cfg.batch_size, cfg.eval_batches, cfg.device, cfg.dtype)
         return Evaluation(val, f"val perplexity {math.exp(min(val, 50)):.2f}")
 
+    processes = distributed.current_world().size
     describe = (f"model: {model.num_params() / 1e6:.2f}M parameters (non-embedding); data: {len(tokens):,} "
                 f"tokens, {len(train_ds):,} training windows of {cfg.context_length}"
                 + (f", {len(val_ds):,} validation windows" if val_ds else "")
-                + f"; {cfg.batch_size * cfg.grad_accum * cfg.context_length:,} tokens per step")
-    return Job(model, loss, lambda start: iter(make_loader(train_ds, cfg.batch_size, seed=cfg.seed, start=start)),
+                + f"; {cfg.batch_size * cfg.grad_accum * processes * cfg.context_length:,} tokens per step")
+
+    def loader(start: int, rank: int = 0, world: int = 1):
+        return iter(make_loader(train_ds, cfg.batch_size, seed=cfg.seed, start=start, rank=rank, world=world))
+
+    return Job(model, loss, loader,
                tokens=lambda batch: batch[0].numel(), save=model.save_pretrained,
                validate=validate if val_ds is not None else None, describe=describe,
                title=f"{c.n_layer} layers x {c.n_embd}, {Path(tokens.source).name}",
                info={"model_config": c.to_hf_dict(),
-                     "data": {"source": tokens.source, "sha256": tokens.sha256, "n_tokens": len(tokens)}})
+                     "data": {"source": tokens.source, "sha256": tokens.sha256, "n_tokens": len(tokens)}},
+               rank_batches=loader)
 
 
 def fit(job: Job, plan: RunPlan, out_dir, progress: bool = True,
@@ -205,7 +229,7 @@ def fit(job: Job, plan: RunPlan, out_dir, progress: bool = True,
     for the outputs, the resume rules, the folder's lock and the exceptions). The caller
     may hold the folder's lock already (`run_lock`), as `train` does while it plans."""
     out_dir = checked_out_dir(out_dir)
-    with run_lock(out_dir):
+    with distributed.main_rank_lock(out_dir, distributed.current_world()):
         return _Run(out_dir, plan, job).fit(progress, callback)
 
 
@@ -216,9 +240,16 @@ class _Run:
         cfg = self.cfg = plan.cfg
         self.out_dir, self.ckpt_dir, self.stale = out_dir, out_dir / "checkpoints", plan.stale
         self.job, self.model, self.device = job, job.model, cfg.device
-        use_fused = torch.device(self.device).type == "cuda"
+        self.world, self.settings = distributed.current_world(), distributed.parallel_settings(cfg)
+        self.parallel = distributed.resolve_parallel(self.settings, self.world)
+        # the loss runs as the forward of this module (DDP's, FSDP's); FSDP shards in place,
+        # so the optimizer comes after it
+        self.stepper = distributed.wrap(self.model, self.parallel, self.settings)
+        use_fused = torch.device(self.device).type == "cuda" and self.parallel != "fsdp"
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=use_fused or None)
+        self.state_io = RunState(self.model, self.optimizer, self.world, self.parallel == "fsdp",
+                                 job.state_dict, job.load_state_dict)
         # a plain function, not a bound method: LambdaLR's state_dict then saves nothing of it
         self.schedule = lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
@@ -226,35 +257,52 @@ class _Run:
         self.history = {"train": [], "val": []}
         self.resumed = plan.state is not None
         self.resumed_backend = None  # the backend the resumed checkpoint was trained with
+        self.resumed_world = 1  # and its number of processes
         if self.resumed:
             self._restore(plan.state)
+        elif self.world.size > 1:  # a dropout stream of its own per rank
+            torch.manual_seed(distributed.rank_seed(cfg.seed, 0, self.world.rank))
+        self.compiled = distributed.compile_wanted(self.settings, cfg, self.world, cfg.steps - self.step)
+        self.loss = torch.compile(job.loss) if self.compiled else job.loss
         self.last_ckpt, self.saved_step = plan.state_path, (self.step if self.resumed else None)
         self.tokens_done = 0  # by this invocation's training steps
         self.updating = False  # between the first optimizer change and the step's end
 
     def _restore(self, state: dict) -> None:
-        (self.job.load_state_dict or self.model.load_state_dict)(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.state_io.restore(state)
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.world.size:
+            set_rng_state(ranks[self.world.rank])
+        else:
+            set_rng_state(state["rng"])
+            if self.world.size > 1:  # another number of processes: a new stream per rank
+                torch.manual_seed(distributed.rank_seed(self.cfg.seed, self.step, self.world.rank))
         # The saved lr is the old schedule's for this step; with a new `steps` it is not
         # this run's. The same expression as LambdaLR's, so an unchanged schedule is bit-exact.
         for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base_lr * self.schedule(self.step)
         self.history = {k: [tuple(x) for x in v] for k, v in state["history"].items()}
         self.resumed_backend = state.get("backend", self.model.backend)
+        self.resumed_world = state.get("world_size", 1)
 
     def checkpoint(self, rng) -> Path:
-        """Save the state after `self.step` steps, with `rng` the RNG state at that boundary."""
-        path = save_checkpoint({
+        """Save the state after `self.step` steps, with `rng` the RNG state at that boundary
+        (every rank calls it; rank 0 writes, or each its shards)."""
+        meta = {
             **self.job.info, "step": self.step, "samples_seen": self.samples_seen,
-            "model": (self.job.state_dict or self.model.state_dict)(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": rng, "train_config": dataclasses.asdict(self.cfg),
             "backend": self.model.backend,  # informational: a resume may use another one
             "history": {k: [list(x) for x in v] for k, v in self.history.items()},
-        }, self.ckpt_dir / checkpoint_name(self.step))
-        prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
+            "world_size": self.world.size,
+        }
+        if self.world.size > 1:
+            meta["rng_ranks"] = distributed.gather(rng, self.world)
+        sharded = self.settings.checkpoint_format == "sharded"
+        path = self.state_io.save(meta, self.ckpt_dir / checkpoint_name(self.step, sharded))
+        if self.world.is_main:
+            prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
         self.last_ckpt, self.saved_step = path, self.step
         return path
 
@@ -264,6 +312,8 @@ class _Run:
     def plot(self, quiet: bool = False) -> None:
         """Write loss.png; `quiet` on the way out of a stopped run: an OSError (a full disk)
         is dropped rather than hiding why the run stopped."""
+        if not self.world.is_main:
+            return
         try:
             write_loss_plot(self.out_dir / "loss.png", self.history["train"], self.history["val"], self.job.title)
         except OSError:
@@ -271,8 +321,13 @@ class _Run:
                 raise
 
     def rate(self) -> float:
-        """Training tokens/s of this invocation."""
-        return self.tokens_done / max(time.perf_counter() - self.t_start, 1e-9)
+        """Training tokens/s of this invocation (all processes)."""
+        return self.tokens_done * self.world.size / max(time.perf_counter() - self.t_start, 1e-9)
+
+    def validate(self) -> Evaluation:
+        """The job's validation, on every rank (FSDP's forward needs them all)."""
+        with distributed.unsharded(self.stepper, self.parallel):
+            return self.job.validate()
 
     @staticmethod
     def validation_line(step: int, val: Evaluation, loss_value: float | None = None) -> str:
@@ -283,21 +338,21 @@ class _Run:
 
     def fit(self, progress: bool, callback) -> TrainResult:
         """Start (the output folder is written from here on), loop, and finish."""
-        cfg = self.cfg
-        for p in self.stale:
+        cfg, main = self.cfg, self.world.is_main
+        for p in self.stale if main else ():
             with writing(p, "delete"):
-                p.unlink(missing_ok=True)
-        self.log = logger(progress)
+                remove_checkpoint(p)
+        self.log = logger(progress and main)
         self._log_start()
-        self.batches = self.job.batches(self.samples_seen)
+        self.batches = self._batches()
         self.amp = autocast_context(self.device, cfg.dtype)
-        self.bar = progress_bar(progress, self.step, cfg.steps)
+        self.bar = progress_bar(progress and main, self.step, cfg.steps)
         self.t_start, self.start_step = time.perf_counter(), self.step
         self.rng_at_step_start = rng_state()  # the RNG state at the last step boundary
         # the first Ctrl-C ends the loop at a step boundary; a second one arrives as a
         # KeyboardInterrupt anywhere in a step, saved only if the update had not begun
         try:
-            with _StopRequest() as stop:
+            with _StopRequest(quiet=not main) as stop:
                 self._loop(stop, callback)
         except TrainingInterrupted:
             self.bar.close()
@@ -306,17 +361,37 @@ class _Run:
         except KeyboardInterrupt as e:
             self.bar.close()
             path = None
-            if not self.updating:  # model and optimizer are as after `step` steps
+            # model and optimizer are as after `step` steps; with several processes the
+            # others may be anywhere in theirs: no checkpoint
+            if not self.updating and self.world.size == 1:
                 path = self._checkpoint_if_unsaved()
             self.plot(quiet=True)
             raise TrainingInterrupted(self.step, path or self.last_ckpt) from e
-        except BaseException:
+        except BaseException as e:
             self.bar.close()
             if self.history["train"]:
                 self.plot(quiet=True)
+            lost = distributed.failure(e, self.world, self.step)
+            if lost is not None:
+                raise lost from e
             raise
         self.bar.close()
-        return self._finish()
+        try:
+            return self._finish()
+        except Exception as e:
+            lost = distributed.failure(e, self.world, self.step)
+            if lost is not None:
+                raise lost from e
+            raise
+
+    def _batches(self) -> Iterator:
+        """This process's micro-batches from the run's position on."""
+        job, world = self.job, self.world
+        if world.size == 1:
+            return job.batches(self.samples_seen)
+        if job.rank_batches is not None:
+            return job.rank_batches(self.samples_seen, world.rank, world.size)
+        return distributed.shard(job.batches(self.samples_seen), world)
 
     def _log_start(self) -> None:
         backend = self.model.backend
@@ -326,17 +401,26 @@ class _Run:
             + (f" (trained so far with backend {self.resumed_backend}: the same math, so the losses "
                f"agree to float rounding, not bit for bit)"
                if self.resumed and self.resumed_backend != backend else ""))
+        if self.parallel != "none" or (self.resumed and self.resumed_world != self.world.size):
+            self.log(distributed.describe(self.world, self.parallel, self.settings, self.cfg)
+                     + (f" (the checkpoint is of {self.resumed_world}: the same global batch)"
+                        if self.resumed and self.resumed_world != self.world.size else ""))
+        if self.compiled:
+            self.log("the training step runs compiled (torch.compile; --no-compile for eager)")
 
     def _loop(self, stop: _StopRequest, callback) -> None:
         cfg = self.cfg
         while self.step < cfg.steps:
+            t0 = time.perf_counter()
             loss_value = self._train_step()
+            if self.compiled and self.step == self.start_step + 1:
+                self.log(f"torch.compile: the first step took {time.perf_counter() - t0:.1f}s, compiling included")
             self.bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                  tok_s=f"{self.rate():,.0f}", refresh=False)
             self.bar.update(1)
             step = self.step
             if self.job.validate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                val = self.job.validate()
+                val = self.validate()
                 self.history["val"].append((step, val.loss))
                 self.log(f"{self.validation_line(step, val, loss_value)}, {self.rate():,.0f} tokens/s")
                 self.plot()
@@ -344,9 +428,11 @@ class _Run:
                 self.checkpoint(self.rng_at_step_start)
             if callback is not None:
                 callback(step, loss_value)
-            if stop.requested:
+            time_up = cfg.max_seconds is not None and time.perf_counter() - self.t_start >= cfg.max_seconds
+            stop_now, time_up = distributed.any_rank([stop.requested, time_up], self.world)  # all ranks alike
+            if stop_now:
                 raise TrainingInterrupted(step, self._checkpoint_if_unsaved())
-            if cfg.max_seconds is not None and time.perf_counter() - self.t_start >= cfg.max_seconds:
+            if time_up:
                 if step < cfg.steps:
                     self.log(f"time limit of {cfg.max_seconds:g}s reached at step {step} of "
                              f"{cfg.steps}; resume continues the run")
@@ -357,18 +443,20 @@ class _Run:
         cfg, model, device, K = self.cfg, self.model, self.device, self.cfg.grad_accum
         model.train()
         loss_sum = torch.zeros((), device=device)  # on the device: one sync per step, not per micro-batch
-        for _ in range(K):
+        for k in range(K):
             batch = next(self.batches)
-            with self.amp:
-                loss = self.job.loss(batch)
-            (loss / K).backward()  # the gradient of the mean, as one K-times larger batch
+            # gradients are averaged across processes in the last micro-batch's backward only
+            with distributed.gradient_sync(self.stepper, self.parallel, k == K - 1):
+                with self.amp:
+                    loss = self.stepper(self.loss, batch)
+                (loss / K).backward()  # the gradient of the mean, as one K-times larger batch
             loss_sum += loss.detach()
             self.tokens_done += self.job.tokens(batch)
-        loss_value = loss_sum.item() / K
+        loss_value = distributed.mean_over_ranks(loss_sum, self.world).item() / K
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(self.step + 1, "the loss", loss_value, self.last_ckpt)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        grad_norm = distributed.clip_grad_norm(model.parameters(), max_norm, self.parallel)
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(self.step + 1, "the gradient norm", grad_norm, self.last_ckpt)
         # an interrupt from here to the step's end leaves a half-updated state: not saved
@@ -377,7 +465,7 @@ class _Run:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.samples_seen += cfg.batch_size * K
+        self.samples_seen += cfg.batch_size * K * self.world.size
         self.history["train"].append((self.step, loss_value))
         self.rng_at_step_start = rng_state()
         self.updating = False
@@ -391,8 +479,10 @@ class _Run:
         if self.saved_step != self.step:
             self.checkpoint(self.rng_at_step_start)
         self.plot()
-        with writing(self.out_dir, "save the model to"):
-            self.job.save(self.out_dir)
+        with distributed.whole_parameters(self.model, self.parallel):
+            if self.world.is_main:
+                with writing(self.out_dir, "save the model to"):
+                    self.job.save(self.out_dir)
         self.log(f"done: {self.step} steps, {tok_s:,.0f} tokens/s; model saved to {self.out_dir}")
         return TrainResult(self.out_dir, self.step, self.history["train"], self.history["val"],
                            tok_s, seconds, final_val)
@@ -401,7 +491,7 @@ class _Run:
         step, history = self.step, self.history["val"]
         if history and history[-1][0] == step:
             return history[-1][1]
-        val = self.job.validate()
+        val = self.validate()
         if step == self.cfg.steps:  # the end of the run is on the schedule
             history.append((step, val.loss))
         else:  # a time-limit stop: reported, not recorded (a resume would not repeat it)

@@ -39,7 +39,10 @@ def test_flag_names_types_defaults_and_help_come_from_the_dataclass():
         if f.default is not None:
             assert f"(default {f.default})" in action.help
         wanted = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
-        assert action.type is wanted[0], f.name
+        if wanted[0] is bool:  # --x / --no-x
+            assert action.option_strings[1] == "--no-" + f.name.replace("_", "-"), f.name
+        else:
+            assert action.type is wanted[0], f.name
     assert actions["dtype"].choices == ("float32", "bfloat16")
     assert actions["keep_checkpoints"].option_strings == ["--keep-checkpoints", "--keep"]
     assert actions["warmup_steps"].type is int and actions["max_seconds"].type is float
@@ -67,6 +70,11 @@ def test_given_flags_reach_train_and_no_others(monkeypatch, tmp_path):
     calls.clear()
     assert main(["train", "--data", "d.txt", "--out", str(tmp_path), "--keep-checkpoints", "5"]) == 0
     assert calls[0][2]["keep_checkpoints"] == 5
+    calls.clear()
+    assert main(["train", "--data", "d.txt", "--out", str(tmp_path), "--no-compile", "--parallel", "fsdp",
+                 "--activation-checkpointing", "--dist-timeout", "30"]) == 0
+    assert {k: calls[0][2][k] for k in ("compile", "parallel", "activation_checkpointing", "dist_timeout")} == {
+        "compile": False, "parallel": "fsdp", "activation_checkpointing": True, "dist_timeout": 30.0}
 
 
 def test_bad_flag_values_are_refused_by_the_parser():
