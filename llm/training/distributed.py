@@ -139,16 +139,22 @@ def compile_wanted(settings: ParallelSettings, cfg, world: World, steps_left: in
     return tokens >= COMPILE_PAYS_AFTER_TOKENS[torch.device(cfg.device).type]
 
 
-def describe(world: World, parallel: str, settings: ParallelSettings, cfg) -> str:
-    """The log line of a run's processes: how they share it, the global batch and lr."""
+def describe(world: World, parallel: str, settings: ParallelSettings, cfg, resumed_from: int | None = None) -> str:
+    """The log line of a run's processes: how they share it, the global batch and the lr;
+    `resumed_from`: the number of processes that wrote the checkpoint it continues."""
     n = world.size
     windows = cfg.batch_size * cfg.grad_accum * n
     tokens = f" = {windows * cfg.context_length:,} tokens" if hasattr(cfg, "context_length") else ""
-    precision = f", {settings.mixed_precision}" if settings.mixed_precision != "none" else ""
-    backend = f", {dist.get_backend()}" if dist.is_initialized() else ""
-    return (f"{n} process{'es' if n > 1 else ''} ({parallel}{precision}{backend}): global batch "
-            f"{cfg.batch_size} x {cfg.grad_accum} accumulated x {n} = {windows:,} windows{tokens} per step at peak "
-            f"lr {cfg.lr:g}; each process trains on its own share of every step")
+    how = "1 process"
+    if parallel != "none":
+        precision = f", {settings.mixed_precision}" if settings.mixed_precision != "none" else ""
+        backend = f", {dist.get_backend()}" if dist.is_initialized() else ""
+        how = f"{n} process{'es' if n > 1 else ''} ({parallel}{precision}{backend})"
+    return (f"{how}: global batch {cfg.batch_size} x {cfg.grad_accum} accumulated x {n} = {windows:,} windows"
+            f"{tokens} per step at peak lr {cfg.lr:g}"
+            + ("; each process trains on its own share of every step" if n > 1 else "")
+            + (f"; continuing a checkpoint of {resumed_from} process{'es' if resumed_from > 1 else ''} with the "
+               f"same global batch" if resumed_from not in (None, n) else ""))
 
 
 @contextmanager

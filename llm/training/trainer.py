@@ -401,10 +401,9 @@ class _Run:
             + (f" (trained so far with backend {self.resumed_backend}: the same math, so the losses "
                f"agree to float rounding, not bit for bit)"
                if self.resumed and self.resumed_backend != backend else ""))
-        if self.parallel != "none" or (self.resumed and self.resumed_world != self.world.size):
-            self.log(distributed.describe(self.world, self.parallel, self.settings, self.cfg)
-                     + (f" (the checkpoint is of {self.resumed_world}: the same global batch)"
-                        if self.resumed and self.resumed_world != self.world.size else ""))
+        resumed_from = self.resumed_world if self.resumed else None
+        if self.parallel != "none" or resumed_from not in (None, self.world.size):
+            self.log(distributed.describe(self.world, self.parallel, self.settings, self.cfg, resumed_from))
         if self.compiled:
             self.log("the training step runs compiled (torch.compile; --no-compile for eager)")
 

@@ -14,8 +14,6 @@ from llm.model import GPT
 from llm.training import list_checkpoints
 from llm.training.corpus import build_corpus
 
-pytestmark = pytest.mark.slow  # each test starts processes that import torch
-
 SMALL_RUN = ["--preset", "tiny", "--batch-size", "2", "--context-length", "32", "--eval-batches", "2"]
 
 
