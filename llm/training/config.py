@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-# dtype setting -> the autocast dtype (a torch attribute name); None runs in float32
-DTYPES = {"float32": None, "bfloat16": "bfloat16"}
+# dtype setting -> the autocast dtype (a torch attribute name); None runs in float32; "auto"
+# is bfloat16 where the device does bf16 arithmetic, else float32 (resolved by autocast_context)
+DTYPES = {"float32": None, "bfloat16": "bfloat16", "auto": "auto"}
 
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -112,8 +113,8 @@ class TrainConfig(ParallelSettings):
     seed: int = setting(1337, "seed of the initial weights, dropout and data order")
     max_seconds: float | None = setting(
         None, "stop and save at the first step boundary after this many seconds")
-    dtype: str = setting("float32", "bfloat16: autocast; weights and optimizer stay float32",
-                         choices=tuple(DTYPES))
+    dtype: str = setting("float32", "bfloat16: autocast; weights and optimizer stay float32; auto: bfloat16 "
+                         "where the device does bf16 arithmetic, else float32", choices=tuple(DTYPES))
     device: str = setting("cpu", "cpu or cuda")
 
     def __post_init__(self):

@@ -43,7 +43,7 @@ def test_flag_names_types_defaults_and_help_come_from_the_dataclass():
             assert action.option_strings[1] == "--no-" + f.name.replace("_", "-"), f.name
         else:
             assert action.type is wanted[0], f.name
-    assert actions["dtype"].choices == ("float32", "bfloat16")
+    assert actions["dtype"].choices == ("float32", "bfloat16", "auto")
     assert actions["keep_checkpoints"].option_strings == ["--keep-checkpoints", "--keep"]
     assert actions["warmup_steps"].type is int and actions["max_seconds"].type is float
 
