@@ -51,12 +51,12 @@ from ..model import Block
 from .config import ParallelSettings
 from .lock import run_lock
 
-# torch.compile pays once the eager time it saves exceeds the compile time. Measured on 2 CPU
-# cores (benchmarks/bench_distributed.py, fp32): the small preset 1.16-1.31x faster after
-# 55-63 s of compiling, even after 98k-161k tokens; the gpt2 shape 1.24x after 161 s, even
-# after 21k. The default asks for about 3x the larger. The CUDA figure is an estimate (steps
-# there are ~100x faster, compiles about as slow), not measured here. A run cut short by
-# max_seconds below COMPILE_MIN_SECONDS is not compiled by default either.
+# torch.compile pays once the eager time it saves exceeds the compile time. Measured on 2
+# shared CPU cores (benchmarks/bench_distributed.py, fp32): the small preset 1.16-1.43x faster
+# after 27-63 s of compiling, even after 32k-161k tokens; the gpt2 shape 1.24-1.65x after
+# 55-161 s, even after 4k-21k. The default asks for about 3x the most. The CUDA figure is an
+# estimate (steps there are ~100x faster, compiles about as slow), not measured here. A run
+# cut short by max_seconds below COMPILE_MIN_SECONDS is not compiled by default either.
 COMPILE_PAYS_AFTER_TOKENS = {"cpu": 500_000, "cuda": 20_000_000}
 COMPILE_MIN_SECONDS = 600
 
