@@ -8,10 +8,9 @@ The setting flags are made from `ClassifyConfig` / `InstructConfig` fields (`--b
 from __future__ import annotations
 
 import math
-import sys
 
 from ..finetune.config import ClassifyConfig, InstructConfig
-from .train import add_setting_flags, given_settings
+from .train import add_setting_flags, given_settings, run_guarded
 
 TASKS = {"classify": ClassifyConfig, "instruct": InstructConfig}
 
@@ -42,23 +41,14 @@ def _common_flags(p, data_help: str) -> None:
 
 def run(args) -> int:
     from ..finetune import finetune_classifier, finetune_instruct
-    from ..training import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
     fn = finetune_classifier if args.task == "classify" else finetune_instruct
-    try:
-        result = fn(args.model, args.data, args.out, val_data=args.val_data, test_data=args.test_data,
-                    backend=args.backend, resume=args.resume, overwrite=args.overwrite,
-                    **given_settings(args, TASKS[args.task]))
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as e:
-        where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint could be written"
-        print(f"\ninterrupted at step {e.step}; {where}; continue with --resume", file=sys.stderr)
-        return 130
+    result, code = run_guarded(lambda: fn(
+        args.model, args.data, args.out, val_data=args.val_data, test_data=args.test_data,
+        backend=args.backend, resume=args.resume, overwrite=args.overwrite,
+        **given_settings(args, TASKS[args.task])))
+    if result is None:
+        return code
     if args.task == "classify":
         scores = ", ".join(f"{k} accuracy {m.accuracy:.2%}" for k, m in result.metrics.items())
         print(f"{scores}; classifier saved to {result.out_dir}")

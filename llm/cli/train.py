@@ -79,25 +79,30 @@ def add_parser(sub):
     return p
 
 
-def run(args) -> int:
+def run_guarded(call):
+    """(result, 0) of a training call, or (None, exit code) after printing its failure as one
+    line: a non-finite loss or a lost process 1, a bad checkpoint 2, Ctrl-C 130."""
     try:
-        result = training.train(args.data, args.out, preset=args.preset, config=args.config,
-                       backend=args.backend, resume=args.resume, overwrite=args.overwrite,
-                       **given_settings(args))
-    except NonFiniteLossError as e:
+        return call(), 0
+    except (NonFiniteLossError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return None, 1
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DistributedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return None, 2
     except TrainingInterrupted as e:
         where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint could be written"
         if launch_env().is_main:
             print(f"\ninterrupted at step {e.step}; {where}; continue with --resume", file=sys.stderr)
-        return 130
+        return None, 130
+
+
+def run(args) -> int:
+    result, code = run_guarded(lambda: training.train(
+        args.data, args.out, preset=args.preset, config=args.config, backend=args.backend,
+        resume=args.resume, overwrite=args.overwrite, **given_settings(args)))
+    if result is None:
+        return code
     if result.final_val_loss is not None and launch_env().is_main:  # under torchrun: rank 0 alone
         val = result.final_val_loss
         print(f"final validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f} "
